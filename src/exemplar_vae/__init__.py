@@ -1,0 +1,44 @@
+"""exemplar-vae: Exemplar VAEs (Norouzi, Fleet, Norouzi, NeurIPS 2020) as a library and a CLI.
+
+Public API::
+
+    from exemplar_vae import RunConfig, load_dataset, train, load_run, evaluate_density
+"""
+
+from exemplar_vae.config import DataConfig, ModelConfig, PriorConfig, RunConfig, TrainConfig
+from exemplar_vae.data import DataSplits, load_dataset
+from exemplar_vae.errors import CheckpointError, ConfigError, DataError, ExemplarVAEError
+from exemplar_vae.evaluation import evaluate_density
+from exemplar_vae.models import VAE, build_vae
+from exemplar_vae.objectives import elbo_terms, importance_sampled_log_likelihood
+from exemplar_vae.pipeline import build_model, evaluate_run, generate_pictures, load_run, prepare, train
+from exemplar_vae.priors import PRIORS, build_prior
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PRIORS",
+    "VAE",
+    "CheckpointError",
+    "ConfigError",
+    "DataConfig",
+    "DataError",
+    "DataSplits",
+    "ExemplarVAEError",
+    "ModelConfig",
+    "PriorConfig",
+    "RunConfig",
+    "TrainConfig",
+    "build_model",
+    "build_prior",
+    "build_vae",
+    "elbo_terms",
+    "evaluate_density",
+    "evaluate_run",
+    "generate_pictures",
+    "importance_sampled_log_likelihood",
+    "load_dataset",
+    "load_run",
+    "prepare",
+    "train",
+]

@@ -1,0 +1,1 @@
+"""The ``exemplar-vae`` command line."""

@@ -1,0 +1,185 @@
+"""``exemplar-vae train | evaluate | generate``: parse -> config -> Python API (``exemplar_vae.pipeline``).
+
+Every error the library raises for bad input becomes one ``error: ...`` line and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Any
+
+from exemplar_vae import __version__, pipeline
+from exemplar_vae.config import PRIOR_NAMES, DataConfig, ModelConfig, PriorConfig, RunConfig, TrainConfig
+from exemplar_vae.errors import ExemplarVAEError
+
+logger = logging.getLogger("exemplar_vae")
+
+# CLI flag -> (config section, field); None defaults mean "not given: keep the config's value".
+TRAIN_FLAGS: dict[str, tuple[str, str, type, str]] = {
+    "--dataset": ("data", "dataset", str, "fashion-mnist, mnist, digits, or PATH.npz"),
+    "--data-dir": ("data", "data_dir", str, "folder with the dataset's standard files"),
+    "--train-size": ("data", "train_size", int, "keep only the first N training images"),
+    "--latent-dim": ("model", "latent_dim", int, "size of z (paper: 40)"),
+    "--hidden": ("model", "hidden", int, "width of the gated hidden layers (paper: 300)"),
+    "--prior": ("prior", "name", str, f"one of {', '.join(PRIOR_NAMES)}"),
+    "--components": ("prior", "components", int, "K pseudo-inputs / mixture components (paper: 500)"),
+    "--exemplars": ("prior", "exemplars", int, "M exemplars drawn per minibatch (default N/2)"),
+    "--knn": ("prior", "knn", int, "k neighbours for retrieval augmented training; 0 = exact prior over M"),
+    "--epochs": ("train", "epochs", int, "maximum epochs (paper: 2000 with early stopping)"),
+    "--warmup": ("train", "warmup", int, "epochs of linear KL warm-up (paper: 100)"),
+    "--early-stopping": ("train", "early_stopping", int, "patience in epochs after warm-up; 0 = off (paper: 50)"),
+    "--batch-size": ("train", "batch_size", int, "minibatch size (paper: 100)"),
+    "--lr": ("train", "lr", float, "learning rate (paper: 5e-4)"),
+    "--optimizer": ("train", "optimizer", str, "adamnormgrad (paper, default) or adam"),
+    "--seed": ("train", "seed", int, "random seed"),
+    "--device": ("train", "device", str, "auto, cpu, cuda, cuda:N"),
+}
+
+
+def _dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="exemplar-vae",
+        description="Exemplar VAEs: train, evaluate and sample VAEs with exemplar, VampPrior, MoG or Gaussian priors.",
+    )
+    parser.add_argument("--version", action="version", version=f"exemplar-vae {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and results")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model; writes config.json, metrics.jsonl, best.pt, last.pt")
+    p.add_argument("--out", required=True, type=Path, help="run folder to create (or to --resume)")
+    p.add_argument("--config", type=Path, help="a config.json to start from (flags override it)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
+    p.add_argument("--no-leave-one-out", action="store_true", help="let a training point be its own exemplar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    for flag, (_, _, typ, help_) in TRAIN_FLAGS.items():
+        p.add_argument(flag, type=typ, default=None, help=help_)
+
+    p = sub.add_parser("evaluate", help="test ELBO and importance-sampled log-likelihood (nats per example)")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--samples", type=int, default=5000, help="importance samples per example (default 5000)")
+    p.add_argument("--split", choices=("test", "val"), default="test")
+    p.add_argument("--limit", type=int, default=None, help="score only the first n examples of the split")
+    p.add_argument("--batch-size", type=int, default=100, help="test points scored together")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("generate", help="PNG grid of samples, or of exemplars and their variations")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--out", required=True, type=Path, help="PNG file to write")
+    p.add_argument("--n", type=int, default=64, help="samples, or exemplars (rows) with --from-exemplars")
+    p.add_argument("--from-exemplars", action="store_true", help="rows of exemplar + variations from r(z|x)")
+    p.add_argument("--variations", type=int, default=10, help="variations per exemplar (default 10)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("report", help="samples.png, exemplars.png, curves.png and report.md in a run folder")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """Defaults (or --config / the saved config on --resume), overridden by the flags that were given."""
+    if args.resume:
+        base = pipeline.load_run_config(args.out)
+    elif args.config is not None:
+        base = RunConfig.load(args.config)
+    else:
+        base = RunConfig()
+    sections: dict[str, Any] = {"data": base.data, "model": base.model, "prior": base.prior, "train": base.train}
+    given: dict[str, dict[str, Any]] = {k: {} for k in sections}
+    for flag, (section, name, _, _) in TRAIN_FLAGS.items():
+        value = getattr(args, _dest(flag))
+        if value is not None:
+            given[section][name] = value
+    if args.no_leave_one_out:
+        given["prior"]["leave_one_out"] = False
+    if args.resume:
+        allowed = {"epochs", "device", "early_stopping"}
+        changed = {n for s in given.values() for n in s} - allowed
+        if changed:
+            raise ExemplarVAEError(
+                f"--resume continues the saved configuration; only --epochs, --early-stopping and --device "
+                f"may change (got {', '.join(sorted(changed))})"
+            )
+    new = {k: replace(v, **given[k]) for k, v in sections.items()}
+    return RunConfig(**new)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    _, result = pipeline.train(config, args.out, resume=args.resume, progress=not args.no_progress)
+    summary = {
+        "run_dir": str(args.out),
+        "epochs_run": result.epochs_run,
+        "best_epoch": result.best_epoch,
+        "best_val_loss": result.best_val_loss,
+        "stopped_early": result.stopped_early,
+    }
+    print(json.dumps(summary))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    result = pipeline.evaluate_run(
+        args.run_dir, args.samples, args.split, args.limit, args.batch_size, args.device,
+        progress=not args.no_progress, seed=args.seed,
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"{result['prior']} prior on {result['dataset']} ({result['split']}, {result['examples']} examples, "
+            f"S={result['samples']}): log-likelihood {result['log_likelihood']:.2f} "
+            f"± {result['log_likelihood_std_error']:.2f} nats, ELBO {result['elbo']:.2f} nats, "
+            f"{result['bits_per_dim']:.4f} bits/dim ({result['seconds']:.1f}s)"
+        )
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    path = pipeline.generate_pictures(
+        args.run_dir, args.out, args.n, args.from_exemplars, args.variations, args.device, args.seed
+    )
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    print(f"wrote {pipeline.write_report(args.run_dir, args.device, args.seed)}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "generate": cmd_generate, "report": cmd_report}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return COMMANDS[args.command](args)
+    except ExemplarVAEError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""In-memory datasets: fixed train/validation/test splits, binarisation, and an indexed Dataset.
+
+Binary image data follows the protocol of the Exemplar VAE paper (Norouzi et al., NeurIPS 2020) and
+its code (sajadn/Exemplar-VAE): the training images stay grey values in [0, 1]; they are the
+exemplars, and each training batch is binarised afresh with :func:`dynamic_binarize`. The validation
+and test images are binarised once, with a fixed seed (:func:`fixed_binarize`), so that every
+evaluation sees the same binary data.
+
+:class:`IndexedDataset` returns each example's position in the training set, which the exemplar
+prior needs to leave the example itself out of its own prior.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from exemplar_vae.errors import DataError
+
+__all__ = [
+    "DataSplits",
+    "IndexedDataset",
+    "dynamic_binarize",
+    "fixed_binarize",
+    "identity_collate",
+    "random_split_indices",
+]
+
+Batch = tuple[Tensor, Tensor, Tensor]
+
+
+@dataclass(frozen=True)
+class DataSplits:
+    """A dataset split into train, validation and test sets, flattened to vectors.
+
+    Attributes:
+        name: the dataset's name ("fashion-mnist", "mnist", "digits", or an .npz file's stem).
+        image_shape: (C, H, W) of one example; C * H * W == D.
+        train_x: [N, D] float32 grey values in [0, 1]. These are the exemplars; training batches
+            are binarised from them on the fly when ``binary`` is True.
+        train_y: [N] int64 labels, -1 where unlabelled.
+        val_x: [Nv, D] float32; in {0, 1} when ``binary`` (binarised once with a fixed seed).
+        val_y: [Nv] int64 labels, -1 where unlabelled.
+        test_x: [Nt, D] float32; in {0, 1} when ``binary`` (binarised once with a fixed seed).
+        test_y: [Nt] int64 labels, -1 where unlabelled.
+        binary: True for Bernoulli data with dynamic binarisation of the training set.
+    """
+
+    name: str
+    image_shape: tuple[int, int, int]
+    train_x: Tensor
+    train_y: Tensor
+    val_x: Tensor
+    val_y: Tensor
+    test_x: Tensor
+    test_y: Tensor
+    binary: bool = True
+
+    def __post_init__(self) -> None:
+        dim = math.prod(self.image_shape)
+        for split in ("train", "val", "test"):
+            x, y = getattr(self, f"{split}_x"), getattr(self, f"{split}_y")
+            if x.ndim != 2 or x.shape[1] != dim:
+                raise DataError(
+                    f"{self.name}: {split}_x has shape {tuple(x.shape)}, expected [N, {dim}] "
+                    f"for image shape {self.image_shape}"
+                )
+            if y.shape != (x.shape[0],):
+                raise DataError(f"{self.name}: {split}_y has shape {tuple(y.shape)}, expected [{x.shape[0]}]")
+
+    @property
+    def data_dim(self) -> int:
+        """D, the number of values in one flattened example."""
+        return int(self.train_x.shape[1])
+
+    @property
+    def num_train(self) -> int:
+        """N, the number of training examples (= exemplars)."""
+        return int(self.train_x.shape[0])
+
+    def summary(self) -> str:
+        """One line describing the splits, e.g. for a log or a results file."""
+        c, h, w = self.image_shape
+        kind = "binary (dynamic binarisation)" if self.binary else "continuous"
+        return (
+            f"{self.name}: {self.num_train} train / {self.val_x.shape[0]} val / "
+            f"{self.test_x.shape[0]} test, images {c}x{h}x{w} (D={self.data_dim}), {kind}"
+        )
+
+
+class IndexedDataset(Dataset[Batch]):
+    """Examples together with their row index: item i is ``(x[i], y[i], i)``.
+
+    It implements ``__getitems__``, so a DataLoader fetches a whole batch with one indexing op.
+    The batch comes back already stacked, so the loader must not collate it again: pass
+    ``collate_fn=identity_collate``::
+
+        loader = DataLoader(IndexedDataset(x, y), batch_size=100, shuffle=True,
+                            collate_fn=identity_collate)
+        for xb, yb, idx in loader:  # [B, D], [B], [B] int64
+            ...
+
+    (``identity_collate`` is a module-level function, so it also works with ``num_workers > 0``.)
+
+    Args:
+        x: [N, D] examples.
+        y: [N] labels.
+    """
+
+    def __init__(self, x: Tensor, y: Tensor) -> None:
+        if x.shape[0] != y.shape[0]:
+            raise DataError(f"IndexedDataset: x has {x.shape[0]} rows but y has {y.shape[0]}")
+        self.x = x
+        self.y = y
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def __getitem__(self, i: int) -> Batch:
+        """Returns ``(x[i] [D], y[i] [], i [] int64)``."""
+        return self.x[i], self.y[i], torch.tensor(i, dtype=torch.int64)
+
+    def __getitems__(self, indices: list[int]) -> Batch:
+        """Returns ``(x [B, D], y [B], index [B] int64)`` for the given row indices."""
+        index = torch.as_tensor(indices, dtype=torch.int64)
+        return self.x[index], self.y[index], index
+
+
+def identity_collate(batch: Batch) -> Batch:
+    """Collate function for :class:`IndexedDataset`: the batch is already stacked."""
+    return batch
+
+
+def dynamic_binarize(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Samples binary data from Bernoulli(x), afresh on every call.
+
+    Args:
+        x: [...] probabilities in [0, 1].
+        generator: optional RNG; it must live on ``x.device``.
+
+    Returns:
+        [...] tensor with values in {0, 1}, same dtype and device as ``x``.
+    """
+    return torch.bernoulli(x, generator=generator)
+
+
+def fixed_binarize(x: Tensor, seed: int = 777) -> Tensor:
+    """Samples binary data from Bernoulli(x) with a fixed seed: the same result on every call.
+
+    Uses numpy's legacy ``RandomState``, whose stream is frozen across numpy versions, so the
+    binarised validation and test sets never change.
+
+    Args:
+        x: [...] probabilities in [0, 1].
+        seed: the RNG seed (777 in the paper's code).
+
+    Returns:
+        [...] tensor with values in {0, 1}, same dtype and device as ``x``.
+    """
+    uniform = np.random.RandomState(seed).random_sample(tuple(x.shape))  # in [0, 1)
+    probs = x.detach().cpu().double().numpy()
+    return torch.from_numpy(uniform < probs).to(dtype=x.dtype, device=x.device)
+
+
+def random_split_indices(n: int, n_val: int, n_test: int, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+    """Splits ``range(n)`` at random into disjoint train, validation and test indices.
+
+    Which example goes where is random (a seeded permutation); within each split the indices are
+    sorted, so every split keeps the original order of the data.
+
+    Args:
+        n: number of examples.
+        n_val: size of the validation split.
+        n_test: size of the test split.
+        seed: seed of the permutation (numpy ``RandomState``).
+
+    Returns:
+        (train [n - n_val - n_test], val [n_val], test [n_test]) int64 index tensors.
+    """
+    if min(n_val, n_test) < 0 or n_val + n_test > n:
+        raise DataError(f"cannot split {n} examples into {n_val} validation and {n_test} test examples")
+    perm = torch.from_numpy(np.random.RandomState(seed).permutation(n)).to(torch.int64)
+    n_train = n - n_val - n_test
+    parts = perm[:n_train], perm[n_train : n_train + n_val], perm[n_train + n_val :]
+    train, val, test = (part.sort().values for part in parts)
+    return train, val, test

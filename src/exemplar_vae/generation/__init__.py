@@ -1,0 +1,5 @@
+"""Generation: prior samples and exemplar-based variations."""
+
+from exemplar_vae.generation.sample import exemplar_grid, prior_sample_grid
+
+__all__ = ["exemplar_grid", "prior_sample_grid"]

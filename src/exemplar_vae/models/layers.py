@@ -1,0 +1,32 @@
+"""Building blocks shared by the networks: gated dense layers and the paper's initialisation."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class GatedDense(nn.Module):
+    """Gated dense layer: h(x) * sigmoid(g(x)) with two linear maps (Dauphin et al. 2017).
+
+    Args:
+        in_features: input width.
+        out_features: output width.
+    """
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.h = nn.Linear(in_features, out_features)
+        self.g = nn.Linear(in_features, out_features)
+
+    def forward(self, x: Tensor) -> Tensor:  # [B, in] -> [B, out]
+        return self.h(x) * torch.sigmoid(self.g(x))
+
+
+def he_init(module: nn.Module) -> None:
+    """He-normal weights N(0, 2 / fan_in) on every nn.Linear, as the paper's code does; biases at zero."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)

@@ -1,0 +1,107 @@
+"""VAE = encoder + decoder + prior. No branching on the prior's type: the prior is an object.
+
+Read with ``priors/exemplar.py`` (the prior) and ``objectives/elbo.py`` (the loss).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from exemplar_vae.config import ModelConfig, PriorConfig
+from exemplar_vae.errors import ConfigError
+from exemplar_vae.functional import reparameterize
+from exemplar_vae.models.decoders import MLPDecoder
+from exemplar_vae.models.encoders import MLPEncoder
+from exemplar_vae.priors import Prior, build_prior
+
+
+class VAE(nn.Module):
+    """A VAE with a Bernoulli decoder and a pluggable prior.
+
+    Args:
+        encoder: x [B, D] -> (mean [B, d], log_var [B, d]), with a ``mean(x)`` method.
+        decoder: z [B, d] -> Bernoulli logits [B, D].
+        prior: a ``Prior``.
+        image_shape: (C, H, W) of one example, for pictures.
+    """
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, prior: Prior, image_shape: tuple[int, ...]):
+        super().__init__()
+        self.encoder, self.decoder, self.prior = encoder, decoder, prior
+        self.image_shape = tuple(image_shape)
+
+    @property
+    def latent_dim(self) -> int:
+        return self.prior.latent_dim
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """q(z|x): [B, D] -> (mean [B, d], log_var [B, d])."""
+        return self.encoder(x)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """p(x|z): [B, d] -> Bernoulli logits [B, D]."""
+        return self.decoder(z)
+
+    def forward(self, x: Tensor, index: Tensor | None = None, beta: float = 1.0, generator=None):  # noqa: ANN001
+        """Single-sample ELBO terms of a batch (see ``objectives.elbo.elbo_terms``); lets the model be wrapped
+        in DistributedDataParallel."""
+        from exemplar_vae.objectives.elbo import elbo_terms  # the objective imports this module
+
+        return elbo_terms(self, x, index, beta, generator)
+
+    @torch.no_grad()
+    def generate(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Samples from the model, shown as decoder means (Bernoulli probabilities): [n, D].
+
+        For the exemplar prior call ``prior.refresh(encoder)`` first (``load_run`` and the trainer do).
+        """
+        z = self.prior.sample(n, self.encoder, generator)  # [n, d]
+        return torch.sigmoid(self.decode(z))
+
+    @torch.no_grad()
+    def exemplar_variations(
+        self, x: Tensor, n: int, generator: torch.Generator | None = None, temperature: float = 1.0
+    ) -> Tensor:
+        """n variations of each input: z ~ r(z|x) (the exemplar prior's kernel; q(z|x) for other priors),
+        decoded to Bernoulli means.
+
+        Args:
+            x: [B, D] exemplars.
+            n: variations per exemplar.
+            temperature: multiplies the kernel's standard deviation.
+
+        Returns:
+            [B, n, D] probabilities.
+        """
+        mean, log_var = self.prior.variation_kernel(*self.encode(x))  # [B, d] each
+        eps = torch.randn((x.shape[0], n, mean.shape[1]), device=x.device, dtype=mean.dtype, generator=generator)
+        z = reparameterize(mean.unsqueeze(1), log_var.unsqueeze(1), temperature * eps)  # [B, n, d]
+        return torch.sigmoid(self.decode(z.reshape(-1, z.shape[-1]))).reshape(x.shape[0], n, -1)
+
+
+ENCODERS = {"mlp": MLPEncoder}
+DECODERS = {"mlp": MLPDecoder}
+
+
+def build_vae(
+    model: ModelConfig, prior: PriorConfig, exemplars: Tensor, image_shape: tuple[int, ...]
+) -> VAE:
+    """Build a VAE from configs.
+
+    Args:
+        model: networks' configuration.
+        prior: prior's configuration (``prior.exemplars`` resolved, see ``config.validate``).
+        exemplars: [N, D] training inputs: the exemplar set, and the width D of the data.
+        image_shape: (C, H, W).
+    """
+    if model.arch not in ENCODERS:
+        raise ConfigError(f"unknown architecture '{model.arch}'; valid: {', '.join(ENCODERS)}")
+    data_dim = exemplars.shape[1]
+    encoder = ENCODERS[model.arch](data_dim, model.hidden, model.latent_dim)
+    decoder = DECODERS[model.arch](model.latent_dim, model.hidden, data_dim)
+    return VAE(encoder, decoder, build_prior(prior, model.latent_dim, exemplars), image_shape)

@@ -1,0 +1,54 @@
+"""The evidence lower bound with a single-sample KL term (the mixture priors have no closed-form KL).
+
+    ELBO(x) = E_q[log p(x|z)] - E_q[log q(z|x) - log p(z)]
+
+estimated with one reparameterised z ~ q(z|x). The loss is mean_b(rec_b + beta * kl_b), with beta the
+KL warm-up weight.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from exemplar_vae.functional import log_bernoulli_logits, log_normal_diag, reparameterize
+from exemplar_vae.models.vae import VAE
+
+
+class ElboTerms(NamedTuple):
+    """Per-example terms (nats) and the scalar training loss."""
+
+    loss: Tensor  # [] mean over the batch of rec + beta * kl
+    rec: Tensor  # [B] -log p(x|z)
+    kl: Tensor  # [B] log q(z|x) - log p(z), single sample
+    elbo: Tensor  # [B] -(rec + kl)
+
+
+def elbo_terms(
+    model: VAE,
+    x: Tensor,
+    index: Tensor | None = None,
+    beta: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> ElboTerms:
+    """Single-sample ELBO of a batch.
+
+    Args:
+        model: the VAE (its prior in train mode uses leave-one-out and subsampling; in eval mode, the
+            full prior).
+        x: [B, D] binary inputs.
+        index: [B] dataset indices (needed by the exemplar prior's leave-one-out in training).
+        beta: weight of the KL term in the loss (1 for evaluation).
+        generator: randomness for z.
+
+    Returns:
+        ElboTerms.
+    """
+    mean, log_var = model.encode(x)  # [B, d]
+    eps = torch.randn(mean.shape, dtype=mean.dtype, device=mean.device, generator=generator)
+    z = reparameterize(mean, log_var, eps)  # [B, d]
+    rec = -log_bernoulli_logits(x, model.decode(z))  # [B]
+    kl = log_normal_diag(z, mean, log_var) - model.prior.log_prob(z, model.encoder, index)  # [B]
+    return ElboTerms(loss=(rec + beta * kl).mean(), rec=rec, kl=kl, elbo=-(rec + kl))

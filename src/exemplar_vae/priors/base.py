@@ -1,0 +1,61 @@
+"""The Prior interface every prior implements.
+
+A prior is an ``nn.Module`` holding its own parameters. It is handed the encoder when it needs one (the
+VampPrior encodes pseudo-inputs, the exemplar prior encodes exemplars), so networks never know about
+priors. ``self.training`` selects the training-time form (for the exemplar prior: leave-one-out and
+exemplar subsampling) and the evaluation form (the full prior).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+class Prior(nn.Module):
+    """Base class: log_prob(z) -> [B], sample(n) -> [n, d], and an explicit refresh hook."""
+
+    def __init__(self, latent_dim: int) -> None:
+        super().__init__()
+        self.latent_dim = latent_dim
+
+    def log_prob(self, z: Tensor, encoder: nn.Module, index: Tensor | None = None) -> Tensor:
+        """log p(z) in nats.
+
+        Args:
+            z: [B, d] latent codes.
+            encoder: the VAE's encoder (used by priors built from encoded inputs).
+            index: [B] dataset indices of the points the codes came from (drives leave-one-out during
+                training; ignored by priors that have no use for it).
+
+        Returns:
+            [B] log-densities.
+        """
+        raise NotImplementedError
+
+    def sample(self, n: int, encoder: nn.Module, generator: torch.Generator | None = None) -> Tensor:
+        """Draw n codes from the prior: [n, d]."""
+        raise NotImplementedError
+
+    def refresh(self, encoder: nn.Module) -> None:
+        """Recompute whatever the prior caches from the encoder (called by the training loop and by
+        evaluation, never by a loss). Default: nothing to cache."""
+
+    def variation_kernel(self, mean: Tensor, log_var: Tensor) -> tuple[Tensor, Tensor]:
+        """Distribution used to draw variations of an input whose q(z|x) is N(mean, exp(log_var)).
+
+        The exemplar prior overrides this with its own kernel r(z|x) = N(mu(x), sigma^2 I); for the other
+        priors a variation is a draw from q(z|x).
+        """
+        return mean, log_var
+
+    def extra_metrics(self) -> dict[str, Any]:
+        """Scalars worth logging each epoch (e.g. the exemplar prior's learned log-variance)."""
+        return {}
+
+
+def randn(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Standard normal noise with the dtype and device of ``like``."""
+    return torch.randn(shape, dtype=like.dtype, device=like.device, generator=generator)

@@ -1,0 +1,201 @@
+"""The exemplar prior: a Parzen window over the encoded training set.
+
+    p(z | X) = 1/N sum_n N(z; mu_phi(x_n), sigma^2 I)
+
+with mu_phi the encoder's mean network (shared with q) and one learned scalar log sigma^2.
+
+Training forms (Norouzi et al. 2020, Sec. 3 and the official code):
+
+* leave-one-out: a training point's own exemplar is masked out (-inf) and the mixture is divided by the
+  number of exemplars left;
+* exemplar subsampling: every minibatch draws a fresh random subset of M of the N exemplars (without
+  replacement, the paper's definition);
+* exact mode (k = 0): the M exemplars are encoded with gradient and the full M-component mixture is used;
+* retrieval augmented training (k > 0): the k codes nearest to each z among the M-subset are found in a
+  cache of all exemplar codes (refreshed by the training loop, stale within an epoch); the union of the
+  retrieved exemplars is re-encoded with gradient, and log p(z) is the mixture over that union with the
+  exact mixture's weight 1/(M - #left out). All terms are positive, so this is a lower bound on the exact
+  subsampled leave-one-out log p(z); it is equal when the union covers the M-subset.
+
+At evaluation (``prior.eval()``) the prior is the whole exemplar set, without leave-one-out, computed
+from the cache in chunks (memory stays bounded for 50k exemplars and thousands of codes).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from exemplar_vae.errors import ConfigError
+from exemplar_vae.functional import (
+    isotropic_log_kernel,
+    leave_one_out_mask,
+    masked_log_mean_exp,
+    squared_distances,
+)
+from exemplar_vae.priors.base import Prior
+from exemplar_vae.retrieval import CodeCache, knn_search
+
+
+def exemplar_log_kernel(z: Tensor, centers: Tensor, log_var: Tensor) -> Tensor:
+    """log N(z_b; c_m, sigma^2 I) for every pair: [B, d], [M, d] -> [B, M].
+
+    Distances are taken in float64 (the paper's code does the same): the prior's variance can become
+    small, and the squared-distance expansion in float32 would then cost accuracy.
+    """
+    sq = squared_distances(z.double(), centers.double())  # [B, M]
+    return isotropic_log_kernel(sq, log_var.double(), z.shape[-1])
+
+
+def streaming_exemplar_log_prob(
+    z: Tensor, centers: Tensor, log_var: Tensor, max_elements: int = 2**23
+) -> Tensor:
+    """log (1/N) sum_n N(z; c_n, sigma^2 I) over all N centers, in chunks of centers and rows.
+
+    Args:
+        z: [B, d] codes.
+        centers: [N, d] exemplar codes.
+        log_var: scalar log sigma^2.
+        max_elements: bound on the size of one [rows, centers] block.
+
+    Returns:
+        [B] log-densities (float64).
+    """
+    n = centers.shape[0]
+    center_chunk = min(n, max(1, max_elements // 256))
+    row_chunk = max(1, max_elements // center_chunk)
+    out = []
+    for zc in z.split(row_chunk):
+        acc = torch.full((zc.shape[0],), float("-inf"), dtype=torch.float64, device=z.device)
+        for cc in centers.split(center_chunk):
+            acc = torch.logaddexp(acc, torch.logsumexp(exemplar_log_kernel(zc, cc, log_var), dim=1))
+        out.append(acc)
+    return torch.cat(out) - math.log(n)
+
+
+class ExemplarPrior(Prior):
+    """Parzen-window prior over encoded exemplars, with leave-one-out, subsampling and retrieval.
+
+    Args:
+        exemplars: [N, D] exemplar inputs (the grey training images); not saved in checkpoints.
+        latent_dim: d.
+        num_exemplars: M, exemplars drawn per minibatch during training (None: N // 2).
+        knn: k neighbours per point for retrieval augmented training; 0 for the exact prior over M.
+        leave_one_out: mask each training point's own exemplar.
+        search_backend: "auto", "faiss" or "torch" (see ``retrieval.knn_search``).
+    """
+
+    def __init__(
+        self,
+        exemplars: Tensor,
+        latent_dim: int,
+        num_exemplars: int | None = None,
+        knn: int = 10,
+        leave_one_out: bool = True,
+        search_backend: str = "auto",
+    ) -> None:
+        super().__init__(latent_dim)
+        n = exemplars.shape[0]
+        if n < 1:
+            raise ConfigError("the exemplar prior needs at least one exemplar, got an empty set")
+        m = num_exemplars if num_exemplars is not None else max(1, n // 2)
+        if not 1 <= m <= n:
+            raise ConfigError(f"exemplars per step M={m} must be between 1 and N={n}")
+        if not 0 <= knn <= m:
+            raise ConfigError(f"k={knn} neighbours must be between 0 and M={m}")
+        self.num_exemplars, self.knn, self.leave_one_out = m, knn, leave_one_out
+        self.search_backend = search_backend
+        self.log_var = nn.Parameter(torch.zeros(()))  # log sigma^2, one scalar for all exemplars and dims
+        self.register_buffer("exemplars", exemplars, persistent=False)  # [N, D]
+        self.cache = CodeCache()
+
+    # -- exemplar set -------------------------------------------------------------------------------
+    @property
+    def num_total(self) -> int:
+        """N, the size of the exemplar set."""
+        return self.exemplars.shape[0]
+
+    def set_exemplars(self, exemplars: Tensor) -> None:
+        """Replace the exemplar set (e.g. add new data without retraining); invalidates the cache."""
+        if exemplars.ndim != 2 or exemplars.shape[0] < 1:
+            raise ConfigError(f"exemplars must be a non-empty [N, D] tensor, got shape {tuple(exemplars.shape)}")
+        self.exemplars = exemplars.to(self.log_var.device)
+        self.cache.invalidate()
+
+    def refresh(self, encoder: nn.Module) -> None:
+        """Encode all exemplars into the code cache (an explicit call from the training loop)."""
+        self.cache.refresh(encoder, self.exemplars)
+
+    # -- training-time pieces ------------------------------------------------------------------------
+    def draw_subset(self, generator: torch.Generator | None = None) -> Tensor:
+        """M distinct exemplar indices, uniformly at random: [M] int64."""
+        perm = torch.randperm(self.num_total, device=self.exemplars.device, generator=generator)
+        return perm[: self.num_exemplars]
+
+    def _normaliser(self, index: Tensor | None, subset: Tensor) -> Tensor:
+        """Number of exemplars each point's mixture is averaged over: M, or M - 1 if it left itself out."""
+        m = torch.full((1,), float(subset.shape[0]), dtype=torch.float64, device=subset.device)
+        if index is None or not self.leave_one_out:
+            return m
+        member = torch.zeros(self.num_total, dtype=torch.bool, device=subset.device)
+        member[subset] = True
+        return m - member[index].double()  # [B]
+
+    def exact_log_prob(self, z: Tensor, encoder: nn.Module, index: Tensor | None, subset: Tensor) -> Tensor:
+        """log p(z) over every exemplar of ``subset``, encoded with gradient: [B, d] -> [B]."""
+        centers = encoder.mean(self.exemplars[subset])  # [M, d]
+        log_k = exemplar_log_kernel(z, centers, self.log_var)  # [B, M]
+        mask = leave_one_out_mask(index, subset) if (self.leave_one_out and index is not None) else None
+        return masked_log_mean_exp(log_k, mask, self._normaliser(index, subset)).to(z.dtype)
+
+    def retrieve(self, z: Tensor, index: Tensor | None, subset: Tensor) -> Tensor:
+        """Indices of the exemplars whose cached codes are nearest to each z within the subset.
+
+        Each point gets k neighbours other than itself (k + 1 are fetched under leave-one-out), and the
+        union over the batch is returned: [U] int64 dataset indices.
+        """
+        codes = self.cache.get()[subset]  # [M, d]
+        k = min(self.knn + (1 if self.leave_one_out and index is not None else 0), subset.shape[0])
+        _, nearest = knn_search(z.detach(), codes, k, self.search_backend)  # [B, k] rows of subset
+        return torch.unique(subset[nearest.reshape(-1)])  # [U]
+
+    def knn_log_prob(self, z: Tensor, encoder: nn.Module, index: Tensor | None, subset: Tensor) -> Tensor:
+        """Retrieval lower bound on ``exact_log_prob``: the mixture over the retrieved union only."""
+        union = self.retrieve(z, index, subset)  # [U]
+        centers = encoder.mean(self.exemplars[union])  # [U, d], re-encoded with gradient
+        log_k = exemplar_log_kernel(z, centers, self.log_var)  # [B, U]
+        mask = leave_one_out_mask(index, union) if (self.leave_one_out and index is not None) else None
+        return masked_log_mean_exp(log_k, mask, self._normaliser(index, subset)).to(z.dtype)
+
+    # -- the Prior interface -------------------------------------------------------------------------
+    def log_prob(self, z: Tensor, encoder: nn.Module, index: Tensor | None = None) -> Tensor:
+        if not self.training:
+            return self.full_log_prob(z)
+        if self.leave_one_out and index is None:
+            raise ValueError("leave-one-out training needs the dataset index of every point")
+        subset = self.draw_subset()
+        if self.knn == 0:
+            return self.exact_log_prob(z, encoder, index, subset)
+        return self.knn_log_prob(z, encoder, index, subset)
+
+    def full_log_prob(self, z: Tensor) -> Tensor:
+        """The test-time prior over all N cached exemplar codes, no leave-one-out: [B, d] -> [B]."""
+        return streaming_exemplar_log_prob(z, self.cache.get(), self.log_var).to(z.dtype)
+
+    @torch.no_grad()
+    def sample(self, n: int, encoder: nn.Module, generator: torch.Generator | None = None) -> Tensor:
+        """Pick exemplars uniformly, then z ~ N(mu(x_n), sigma^2 I): [n, d]."""
+        codes = self.cache.get()
+        pick = torch.randint(codes.shape[0], (n,), device=codes.device, generator=generator)
+        eps = torch.randn(n, codes.shape[1], device=codes.device, dtype=codes.dtype, generator=generator)
+        return codes[pick] + torch.exp(0.5 * self.log_var) * eps
+
+    def variation_kernel(self, mean: Tensor, log_var: Tensor) -> tuple[Tensor, Tensor]:
+        """r(z|x) = N(mu(x), sigma^2 I): the exemplar prior's own transition kernel."""
+        return mean, self.log_var.expand_as(mean)
+
+    def extra_metrics(self) -> dict[str, Any]:
+        return {"prior_log_var": float(self.log_var.detach())}

@@ -1,0 +1,75 @@
+"""Pictures: image grids (Pillow) and training curves (matplotlib), written atomically."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import Tensor
+
+from exemplar_vae.training.checkpoint import atomic_write_bytes
+
+
+def grid_array(images: Tensor, image_shape: tuple[int, ...], pad: int = 1) -> np.ndarray:
+    """Tile a [rows, cols, D] tensor of pixel values in [0, 1] into one uint8 picture.
+
+    Returns:
+        [H_total, W_total] (grey) or [H_total, W_total, 3] (colour) uint8 array, with ``pad`` white pixels
+        between tiles.
+    """
+    c, h, w = image_shape
+    rows, cols = images.shape[0], images.shape[1]
+    imgs = images.detach().float().clamp(0, 1).cpu().numpy().reshape(rows, cols, c, h, w)
+    out = np.ones((c, rows * (h + pad) + pad, cols * (w + pad) + pad), dtype=np.float32)
+    for r in range(rows):
+        for k in range(cols):
+            top, left = pad + r * (h + pad), pad + k * (w + pad)
+            out[:, top : top + h, left : left + w] = imgs[r, k]
+    arr = (out * 255).round().astype(np.uint8)
+    return arr[0] if c == 1 else arr.transpose(1, 2, 0)
+
+
+def save_image_grid(images: Tensor, image_shape: tuple[int, ...], path: str | Path, scale: int = 2) -> Path:
+    """Write a [rows, cols, D] tensor of images as a PNG grid (upscaled ``scale`` times)."""
+    from PIL import Image
+
+    img = Image.fromarray(grid_array(images, image_shape))
+    if scale != 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    atomic_write_bytes(Path(path), buf.getvalue())
+    return Path(path)
+
+
+def plot_training_curves(history: list[dict[str, Any]], path: str | Path) -> Path:
+    """Plot train/validation loss (and the exemplar prior's log-variance if present) per epoch as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [m["epoch"] for m in history]
+    has_var = any("prior_log_var" in m for m in history)
+    fig, axes = plt.subplots(1, 2 if has_var else 1, figsize=(10 if has_var else 5, 3.5), squeeze=False)
+    ax = axes[0, 0]
+    ax.plot(epochs, [m["train_loss"] for m in history], label="train loss (beta-weighted)")
+    ax.plot(epochs, [m["val_loss"] for m in history], label="validation -ELBO")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("nats per example")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    if has_var:
+        ax2 = axes[0, 1]
+        ax2.plot(epochs, [m.get("prior_log_var", float("nan")) for m in history])
+        ax2.set_xlabel("epoch")
+        ax2.set_ylabel("exemplar prior log sigma^2")
+        ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(Path(path), buf.getvalue())
+    return Path(path)
