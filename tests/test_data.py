@@ -298,9 +298,9 @@ def test_fashion_mnist_paper_split(fashion: DataSplits) -> None:
     assert (fashion.num_train, len(fashion.val_x), len(fashion.test_x)) == (50_000, 10_000, 10_000)
     assert fashion.image_shape == (1, 28, 28) and fashion.data_dim == 784
     assert 0.0 <= fashion.train_x.min() and fashion.train_x.max() <= 1.0
-    assert len(fashion.train_x.unique()) > 200  # grey values, not binarised
+    assert len(fashion.train_x[:1000].unique()) > 200  # grey values, not binarised
     for x in (fashion.val_x, fashion.test_x):
-        assert set(x.unique().tolist()) == {0.0, 1.0}
+        assert ((x == 0) | (x == 1)).all() and (x == 1).any() and (x == 0).any()
     for y in (fashion.train_y, fashion.val_y, fashion.test_y):
         assert set(y.unique().tolist()) == set(range(10))
     assert abs(fashion.val_x.mean().item() - 0.286) < 0.01  # Fashion-MNIST's mean pixel

@@ -18,7 +18,7 @@ Training forms (Norouzi et al. 2020, Sec. 3 and the official code):
   subsampled leave-one-out log p(z); it is equal when the union covers the M-subset.
 
 At evaluation (``prior.eval()``) the prior is the whole exemplar set, without leave-one-out, computed
-from the cache in chunks (memory stays bounded for 50k exemplars and thousands of codes).
+from the cache in blocks (memory stays bounded for 50k exemplars and thousands of codes).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from exemplar_vae.errors import ConfigError
 from exemplar_vae.functional import (
+    LOG_2PI,
     isotropic_log_kernel,
     leave_one_out_mask,
     masked_log_mean_exp,
@@ -51,29 +52,44 @@ def exemplar_log_kernel(z: Tensor, centers: Tensor, log_var: Tensor) -> Tensor:
 
 
 def streaming_exemplar_log_prob(
-    z: Tensor, centers: Tensor, log_var: Tensor, max_elements: int = 2**23
+    z: Tensor, centers: Tensor, log_var: Tensor, max_elements: int = 2**22
 ) -> Tensor:
-    """log (1/N) sum_n N(z; c_n, sigma^2 I) over all N centers, in chunks of centers and rows.
+    """log (1/N) sum_n N(z; c_n, sigma^2 I) over all N centers, in blocks of rows and centers.
+
+    The squared distance is expanded and the row term ||z||^2 pulled out of the log-sum-exp, so each
+    block costs one fused matrix product (``addmm``) and one log-sum-exp:
+
+        log sum_n exp(-||z - c_n||^2 / 2s^2) = -||z||^2 / 2s^2 + log sum_n exp((z.c_n - ||c_n||^2 / 2) / s^2)
+
+    Codes are first centred on the mean center, which keeps the expansion accurate in float32 (the error
+    is about 1e-7 * ||z - c|| * ||c_n - c|| / s^2 nats; tested against a float64 direct difference).
 
     Args:
-        z: [B, d] codes.
+        z: [B, d] codes (computation happens in z's dtype).
         centers: [N, d] exemplar codes.
         log_var: scalar log sigma^2.
         max_elements: bound on the size of one [rows, centers] block.
 
     Returns:
-        [B] log-densities (float64).
+        [B] log-densities, in z's dtype.
     """
-    n = centers.shape[0]
-    center_chunk = min(n, max(1, max_elements // 256))
+    n, d = centers.shape
+    dtype = z.dtype
+    shift = centers.mean(0, dtype=dtype)  # [d]
+    zc, cc = z - shift, centers.to(dtype) - shift  # [B, d], [N, d]
+    log_var = log_var.to(dtype)
+    prec = torch.exp(-log_var)
+    bias = (-0.5 * prec) * cc.pow(2).sum(-1)  # [N]
+    center_chunk = min(n, max(1, max_elements // 64))
     row_chunk = max(1, max_elements // center_chunk)
     out = []
-    for zc in z.split(row_chunk):
-        acc = torch.full((zc.shape[0],), float("-inf"), dtype=torch.float64, device=z.device)
-        for cc in centers.split(center_chunk):
-            acc = torch.logaddexp(acc, torch.logsumexp(exemplar_log_kernel(zc, cc, log_var), dim=1))
-        out.append(acc)
-    return torch.cat(out) - math.log(n)
+    for zb in zc.split(row_chunk):
+        acc = torch.full((zb.shape[0],), float("-inf"), dtype=dtype, device=z.device)
+        for cb, bb in zip(cc.split(center_chunk), bias.split(center_chunk)):
+            logits = torch.addmm(bb, zb, cb.T, alpha=float(prec))  # [r, c] = (z.c - |c|^2 / 2) / s^2
+            acc = torch.logaddexp(acc, torch.logsumexp(logits, dim=1))
+        out.append(acc - 0.5 * prec * zb.pow(2).sum(-1))
+    return torch.cat(out) - 0.5 * d * (LOG_2PI + log_var) - math.log(n)
 
 
 class ExemplarPrior(Prior):
@@ -183,7 +199,7 @@ class ExemplarPrior(Prior):
 
     def full_log_prob(self, z: Tensor) -> Tensor:
         """The test-time prior over all N cached exemplar codes, no leave-one-out: [B, d] -> [B]."""
-        return streaming_exemplar_log_prob(z, self.cache.get(), self.log_var).to(z.dtype)
+        return streaming_exemplar_log_prob(z, self.cache.get(), self.log_var.detach())
 
     @torch.no_grad()
     def sample(self, n: int, encoder: nn.Module, generator: torch.Generator | None = None) -> Tensor:
