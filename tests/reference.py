@@ -107,7 +107,7 @@ def diag_mixture_log_prob(z: Any, means: Any, log_vars: Any) -> np.ndarray:
 def isotropic_exemplar_log_prob(
     z: Any,
     centers: Any,
-    log_var: float,
+    log_var: Any,
     query_index: Sequence[int] | None = None,
     center_index: Sequence[int] | None = None,
     count: float | Sequence[float] | None = None,
@@ -145,8 +145,8 @@ def log_weights(
     z: Any,
     mean: Any,
     log_var: Any,
-    logits_fn: Callable[[np.ndarray], np.ndarray]: Any,
-    log_prior_fn: Callable[[np.ndarray], np.ndarray]: Any,
+    logits_fn: Callable[[np.ndarray], np.ndarray],
+    log_prior_fn: Callable[[np.ndarray], np.ndarray],
 ) -> np.ndarray:
     """Brute-force log w[s, b] = log p(x_b|z_sb) + log p(z_sb) - log q(z_sb|x_b), a loop over samples.
 
@@ -183,8 +183,8 @@ def latent_grid(lo: float, hi: float, points: int, dim: int) -> tuple[np.ndarray
 
 def exact_log_px(
     x: Any,
-    logits_fn: Callable[[np.ndarray], np.ndarray]: Any,
-    log_prior_fn: Callable[[np.ndarray], np.ndarray]: Any,
+    logits_fn: Callable[[np.ndarray], np.ndarray],
+    log_prior_fn: Callable[[np.ndarray], np.ndarray],
     lo: float,
     hi: float,
     points: int,

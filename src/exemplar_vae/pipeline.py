@@ -270,3 +270,36 @@ def write_report(run_dir: str | Path, device: str = "auto", seed: int = 0) -> Pa
     path = run_dir / "report.md"
     atomic_write_text(path, "\n".join(lines))
     return path
+
+
+def results_table(run_dirs: list[str | Path]) -> str:
+    """A markdown table of evaluated runs: prior, budget, test log-likelihood and ELBO (nats).
+
+    Every number is read from the run folders (config.json, metrics.jsonl, evaluation.json).
+    """
+    header = (
+        "| prior | dataset | train N | epochs (warm-up) | M / k | split, n, S | log-likelihood (nats) "
+        "| ELBO (nats) | s/epoch |\n|---|---|---|---|---|---|---|---|---|"
+    )
+    rows = []
+    for run_dir in run_dirs:
+        run_dir = Path(run_dir)
+        eval_path = run_dir / EVALUATION
+        if not eval_path.is_file():
+            raise ConfigError(f"{run_dir} has no {EVALUATION}: run `exemplar-vae evaluate {run_dir}` first")
+        ev = json.loads(eval_path.read_text())
+        config = load_run_config(run_dir)
+        history = read_metrics(run_dir)
+        epochs = len(history)
+        per_epoch = sum(m["seconds"] for m in history) / max(1, epochs)
+        p = config.prior
+        mk = f"{p.exemplars} / {p.knn if p.knn else 'exact'}" if p.name == "exemplar" else (
+            f"K={p.components}" if p.name in ("vampprior", "mog") else "-"
+        )
+        rows.append(
+            f"| {p.name} | {ev['dataset']} | {ev['exemplars']} | {epochs} ({config.train.warmup}) | {mk} "
+            f"| {ev['split']}, {ev['examples']}, {ev['samples']} "
+            f"| {ev['log_likelihood']:.2f} ± {ev['log_likelihood_std_error']:.2f} | {ev['elbo']:.2f} "
+            f"| {per_epoch:.1f} |"
+        )
+    return "\n".join([header, *rows]) + "\n"

@@ -16,6 +16,7 @@ from typing import Any
 from exemplar_vae import __version__, pipeline
 from exemplar_vae.config import PRIOR_NAMES, DataConfig, ModelConfig, PriorConfig, RunConfig, TrainConfig
 from exemplar_vae.errors import ExemplarVAEError
+from exemplar_vae.training import atomic_write_text
 
 logger = logging.getLogger("exemplar_vae")
 
@@ -86,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", type=Path)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("table", help="markdown table of evaluated runs (from their evaluation.json)")
+    p.add_argument("run_dirs", type=Path, nargs="+")
+    p.add_argument("--out", type=Path, help="also write the table to this file")
     return parser
 
 
@@ -161,7 +165,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "generate": cmd_generate, "report": cmd_report}
+def cmd_table(args: argparse.Namespace) -> int:
+    table = pipeline.results_table(args.run_dirs)
+    if args.out is not None:
+        atomic_write_text(args.out, table)
+    print(table, end="")
+    return 0
+
+
+COMMANDS = {"table": cmd_table, "train": cmd_train, "evaluate": cmd_evaluate, "generate": cmd_generate, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:
