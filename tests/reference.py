@@ -120,22 +120,21 @@ def isotropic_exemplar_log_prob(
     """
     z, centers = as64(z), as64(centers)
     log_var = float(as64(log_var))
-    d = z.shape[1]
-    out = np.empty(z.shape[0])
-    for b in range(z.shape[0]):
-        terms = []
-        for j in range(centers.shape[0]):
-            if query_index is not None and center_index is not None and center_index[j] == query_index[b]:
-                continue  # the point never explains itself
-            sq = float(np.sum((z[b] - centers[j]) ** 2))
-            terms.append(-0.5 * d * (LOG_2PI + log_var) - 0.5 * sq / math.exp(log_var))
-        if count is None:
-            n = len(terms)
-        elif np.ndim(count) == 0:
-            n = float(count)
-        else:
-            n = float(count[b])
-        out[b] = -np.inf if not terms else logsumexp(terms) - math.log(n)
+    b, d = z.shape
+    terms = np.full((b, centers.shape[0]), -np.inf)  # [B, M], -inf = skipped
+    kept = np.zeros(b)
+    for j in range(centers.shape[0]):
+        sq = np.sum((z - centers[j]) ** 2, axis=1)  # [B], direct difference
+        term = -0.5 * d * (LOG_2PI + log_var) - 0.5 * sq / math.exp(log_var)
+        keep = np.ones(b, dtype=bool)
+        if query_index is not None and center_index is not None:
+            keep = np.asarray(query_index) != center_index[j]  # the point never explains itself
+        terms[keep, j] = term[keep]
+        kept += keep
+    n = kept if count is None else np.broadcast_to(np.asarray(count, dtype=np.float64), (b,))
+    out = np.full(b, -np.inf)  # a query with nothing kept stays -inf
+    some = kept > 0
+    out[some] = logsumexp(terms[some], axis=1) - np.log(n[some])
     return out
 
 

@@ -48,7 +48,18 @@ def test_train_writes_run_folder(trained_run: Path) -> None:
 
 def test_resume_matches_uninterrupted_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     straight, split = tmp_path / "straight", tmp_path / "split"
-    args = ["train", "--dataset", "digits", "--prior", "exemplar", "--knn", "3", "--warmup", "2", "--no-progress"]
+    args = [
+        "train",
+        "--dataset",
+        "digits",
+        "--prior",
+        "exemplar",
+        "--knn",
+        "3",
+        "--warmup",
+        "2",
+        "--no-progress",
+    ]
     assert run([*args, "--epochs", "4", "--out", str(straight)], capsys)[0] == 0
     assert run([*args, "--epochs", "2", "--out", str(split)], capsys)[0] == 0
     code, out, _ = run(["train", "--out", str(split), "--resume", "--epochs", "4", "--no-progress"], capsys)
@@ -62,24 +73,50 @@ def test_resume_matches_uninterrupted_run(tmp_path: Path, capsys: pytest.Capture
 
 def test_same_seed_same_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for name in ("a", "b"):
-        assert run([*TRAIN, "--prior", "vampprior", "--components", "20", "--out", str(tmp_path / name)], capsys)[0] == 0
+        assert (
+            run(
+                [*TRAIN, "--prior", "vampprior", "--components", "20", "--out", str(tmp_path / name)], capsys
+            )[0]
+            == 0
+        )
     assert metrics(tmp_path / "a")[-1]["val_loss"] == metrics(tmp_path / "b")[-1]["val_loss"]
 
 
 def test_evaluate_json(trained_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(["evaluate", str(trained_run), "--samples", "50", "--limit", "40", "--json", "--no-progress"], capsys)
+    code, out, _ = run(
+        ["evaluate", str(trained_run), "--samples", "50", "--limit", "40", "--json", "--no-progress"], capsys
+    )
     assert code == 0
     result = json.loads(out)
     for key in ("elbo", "log_likelihood", "samples", "examples", "split", "prior", "dataset"):
         assert key in result
     assert result["samples"] == 50 and result["examples"] == 40 and result["prior"] == "exemplar"
     assert result["log_likelihood"] < 0 and result["elbo"] <= result["log_likelihood"] + 0.5
-    assert json.loads((trained_run / "evaluation.json").read_text())["log_likelihood"] == result["log_likelihood"]
+    assert (
+        json.loads((trained_run / "evaluation.json").read_text())["log_likelihood"]
+        == result["log_likelihood"]
+    )
 
 
 def test_generate_and_report(trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "grid.png"
-    assert run(["generate", str(trained_run), "--out", str(out), "--n", "6", "--from-exemplars", "--variations", "4"], capsys)[0] == 0
+    assert (
+        run(
+            [
+                "generate",
+                str(trained_run),
+                "--out",
+                str(out),
+                "--n",
+                "6",
+                "--from-exemplars",
+                "--variations",
+                "4",
+            ],
+            capsys,
+        )[0]
+        == 0
+    )
     img = np.asarray(Image.open(out))
     # 6 rows of (1 exemplar + 4 variations) 8x8 tiles, 1-pixel padding, upscaled x2
     assert img.shape == (2 * (6 * 9 + 1), 2 * (5 * 9 + 1))
@@ -161,7 +198,9 @@ def test_corrupt_checkpoint(trained_run: Path, tmp_path: Path, capsys: pytest.Ca
     assert code == 2 and "does not exist" in err
 
 
-def test_generate_rejects_non_png(trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_generate_rejects_non_png(
+    trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, _, err = run(["generate", str(trained_run), "--out", str(tmp_path / "x.jpg")], capsys)
     assert code == 2 and ".png" in err and not (tmp_path / "x.jpg").exists()
 

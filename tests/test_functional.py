@@ -6,10 +6,10 @@ import math
 
 import numpy as np
 import pytest
+import reference as ref
 import torch
 from torch.testing import assert_close
 
-import reference as ref
 from exemplar_vae import functional as F
 
 
@@ -184,7 +184,16 @@ def test_reparameterize() -> None:
 
 @pytest.mark.parametrize(
     ("epoch", "warmup", "expected"),
-    [(1, 10, 0.1), (5, 10, 0.5), (9, 10, 0.9), (10, 10, 1.0), (25, 10, 1.0), (1, 1, 1.0), (3, 0, 1.0), (3, -1, 1.0)],
+    [
+        (1, 10, 0.1),
+        (5, 10, 0.5),
+        (9, 10, 0.9),
+        (10, 10, 1.0),
+        (25, 10, 1.0),
+        (1, 1, 1.0),
+        (3, 0, 1.0),
+        (3, -1, 1.0),
+    ],
 )
 def test_kl_warmup(epoch: int, warmup: int, expected: float) -> None:
     assert F.kl_warmup(epoch, warmup) == pytest.approx(expected, rel=1e-12)
@@ -197,7 +206,9 @@ def test_kl_warmup_is_monotone_and_reaches_one() -> None:
     assert betas[0] == pytest.approx(0.01) and betas[99] == 1.0 and betas[-1] == 1.0
 
 
-@pytest.mark.parametrize(("nats", "dims"), [(784 * math.log(2.0), 784), (80.0, 784), (3000.0, 3072), (0.0, 5)])
+@pytest.mark.parametrize(
+    ("nats", "dims"), [(784 * math.log(2.0), 784), (80.0, 784), (3000.0, 3072), (0.0, 5)]
+)
 def test_bits_per_dim(nats: float, dims: int) -> None:
     assert F.bits_per_dim(nats, dims) == pytest.approx(ref.bits_per_dim(nats, dims), rel=1e-12)
     if nats == 784 * math.log(2.0):

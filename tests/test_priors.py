@@ -10,10 +10,10 @@ import copy
 
 import numpy as np
 import pytest
+import reference as ref
 import torch
 from torch.testing import assert_close
 
-import reference as ref
 from exemplar_vae.errors import ConfigError
 from exemplar_vae.models.encoders import MLPEncoder
 from exemplar_vae.priors import ExemplarPrior, GaussianPrior, MoGPrior, VampPrior
@@ -57,7 +57,9 @@ def make_prior(
     log_var: float = -0.7,
     train: bool = True,
 ) -> ExemplarPrior:
-    prior = ExemplarPrior(exemplars, LATENT, num_exemplars=m, knn=knn, leave_one_out=loo, search_backend="torch")
+    prior = ExemplarPrior(
+        exemplars, LATENT, num_exemplars=m, knn=knn, leave_one_out=loo, search_backend="torch"
+    )
     with torch.no_grad():
         prior.log_var.fill_(log_var)
     prior.train(train)
@@ -147,7 +149,9 @@ def test_diag_mixture_chunking_gives_identical_rows() -> None:
     z = torch.randn(50, 2, generator=g)
     full = diag_mixture_log_prob(z, means, log_vars)
     for max_elements in (1, 6, 13, 299):
-        assert_close(diag_mixture_log_prob(z, means, log_vars, max_elements=max_elements), full, rtol=0, atol=0)
+        assert_close(
+            diag_mixture_log_prob(z, means, log_vars, max_elements=max_elements), full, rtol=0, atol=0
+        )
 
 
 # -- exemplar prior: evaluation form -------------------------------------------------------------------
@@ -214,7 +218,9 @@ def test_exact_log_prob_is_subset_mixture(loo: bool) -> None:
         assert_close(out.double(), t64(expect), rtol=1e-5, atol=1e-4)
         # without an index there is nothing to leave out
         no_index = ref.isotropic_exemplar_log_prob(z, codes[sub], -0.7)
-        assert_close(prior.exact_log_prob(z, encoder, None, subset).double(), t64(no_index), rtol=1e-5, atol=1e-4)
+        assert_close(
+            prior.exact_log_prob(z, encoder, None, subset).double(), t64(no_index), rtol=1e-5, atol=1e-4
+        )
 
 
 @pytest.mark.parametrize("knn", [0, 5])
@@ -393,7 +399,13 @@ def test_train_mode_log_prob_without_index_raises_under_leave_one_out() -> None:
 
 @pytest.mark.parametrize(
     ("n", "m", "knn", "match"),
-    [(N, 15, 16, "k=16"), (N, N + 1, 0, "M=41"), (N, 0, 0, "M=0"), (0, None, 0, "at least one"), (N, 15, -1, "k=-1")],
+    [
+        (N, 15, 16, "k=16"),
+        (N, N + 1, 0, "M=41"),
+        (N, 0, 0, "M=0"),
+        (0, None, 0, "at least one"),
+        (N, 15, -1, "k=-1"),
+    ],
 )
 def test_exemplar_prior_construction_errors(n: int, m: int | None, knn: int, match: str) -> None:
     with pytest.raises(ConfigError, match=match):

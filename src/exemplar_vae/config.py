@@ -175,7 +175,9 @@ def validate(config: RunConfig, num_train: int | None = None) -> RunConfig:
     if not t.lr > 0:
         raise ConfigError(f"learning rate (--lr) must be positive, got {t.lr}")
     if t.warmup < 0 or t.early_stopping < 0:
-        raise ConfigError(f"--warmup and --early-stopping must be >= 0, got {t.warmup} and {t.early_stopping}")
+        raise ConfigError(
+            f"--warmup and --early-stopping must be >= 0, got {t.warmup} and {t.early_stopping}"
+        )
     if p.knn < 0:
         raise ConfigError(f"--knn must be >= 0 (0 = exact prior), got {p.knn}")
     if p.exemplars is not None and p.exemplars < 1:

@@ -30,7 +30,7 @@ EVALUATION = "evaluation.json"
 
 
 def resolve_device(name: str) -> torch.device:
-    """"auto" -> CUDA when available, else CPU; otherwise the named device (checked to exist)."""
+    """ "auto" -> CUDA when available, else CPU; otherwise the named device (checked to exist)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -82,7 +82,9 @@ def train(
             if not (run_dir / LAST).is_file():
                 raise CheckpointError(f"cannot resume: no {LAST} in {run_dir}")
         elif run_dir.exists() and any((run_dir / f).exists() for f in (CONFIG, LAST, METRICS)):
-            raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or pick another --out")
+            raise ConfigError(
+                f"{run_dir} already holds a run; pass --resume to continue it or pick another --out"
+            )
     torch.manual_seed(config.train.seed)
     if data is None:
         config, data = prepare(config)
@@ -153,10 +155,13 @@ def evaluate_run(
     device: str = "auto",
     progress: bool = True,
     seed: int = 0,
+    candidates: int | None = None,
+    check_exact: int = 0,
 ) -> dict[str, Any]:
     """Importance-sampled log-likelihood and ELBO of a run's best model; saved to RUN_DIR/evaluation.json.
 
-    The exemplar prior uses the whole training set as exemplars, without leave-one-out.
+    The exemplar prior uses the whole training set as exemplars, without leave-one-out; ``candidates``
+    and ``check_exact`` are as in ``evaluation.evaluate_density``.
     """
     if split not in ("test", "val"):
         raise ConfigError(f"--split must be 'test' or 'val', got '{split}'")
@@ -168,7 +173,14 @@ def evaluate_run(
     x = data.test_x if split == "test" else data.val_x
     if limit is not None:
         x = x[:limit]
-    result = evaluate_density(model, x, num_samples, batch_size, seed=seed, progress=progress)
+    if candidates is not None and candidates < 1:
+        raise ConfigError(f"--candidates must be at least 1, got {candidates}")
+    if check_exact < 0:
+        raise ConfigError(f"--check-exact must be >= 0, got {check_exact}")
+    result = evaluate_density(
+        model, x, num_samples, batch_size, seed=seed, progress=progress, candidates=candidates,
+        check_exact=check_exact,
+    )  # fmt: skip
     result.update(split=split, prior=config.prior.name, dataset=data.name, exemplars=data.num_train)
     atomic_write_text(Path(run_dir) / EVALUATION, json.dumps(result, indent=2) + "\n")
     return result
@@ -219,7 +231,9 @@ def write_report(run_dir: str | Path, device: str = "auto", seed: int = 0) -> Pa
     g = torch.Generator(device=model.device).manual_seed(seed)
     save_image_grid(prior_sample_grid(model, 64, g), data.image_shape, run_dir / "samples.png")
     pick = torch.randperm(data.num_train, generator=torch.Generator().manual_seed(seed))[:10]
-    save_image_grid(exemplar_grid(model, data.train_x[pick], 10, g), data.image_shape, run_dir / "exemplars.png")
+    save_image_grid(
+        exemplar_grid(model, data.train_x[pick], 10, g), data.image_shape, run_dir / "exemplars.png"
+    )
     history = read_metrics(run_dir)
     if history:
         plot_training_curves(history, run_dir / "curves.png")
@@ -293,8 +307,10 @@ def results_table(run_dirs: list[str | Path]) -> str:
         epochs = len(history)
         per_epoch = sum(m["seconds"] for m in history) / max(1, epochs)
         p = config.prior
-        mk = f"{p.exemplars} / {p.knn if p.knn else 'exact'}" if p.name == "exemplar" else (
-            f"K={p.components}" if p.name in ("vampprior", "mog") else "-"
+        mk = (
+            f"{p.exemplars} / {p.knn if p.knn else 'exact'}"
+            if p.name == "exemplar"
+            else (f"K={p.components}" if p.name in ("vampprior", "mog") else "-")
         )
         rows.append(
             f"| {p.name} | {ev['dataset']} | {ev['exemplars']} | {epochs} ({config.train.warmup}) | {mk} "

@@ -9,12 +9,12 @@ import argparse
 import json
 import logging
 import sys
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from exemplar_vae import __version__, pipeline
-from exemplar_vae.config import PRIOR_NAMES, DataConfig, ModelConfig, PriorConfig, RunConfig, TrainConfig
+from exemplar_vae.config import PRIOR_NAMES, RunConfig
 from exemplar_vae.errors import ExemplarVAEError
 from exemplar_vae.training import atomic_write_text
 
@@ -33,7 +33,12 @@ TRAIN_FLAGS: dict[str, tuple[str, str, type, str]] = {
     "--knn": ("prior", "knn", int, "k neighbours for retrieval augmented training; 0 = exact prior over M"),
     "--epochs": ("train", "epochs", int, "maximum epochs (paper: 2000 with early stopping)"),
     "--warmup": ("train", "warmup", int, "epochs of linear KL warm-up (paper: 100)"),
-    "--early-stopping": ("train", "early_stopping", int, "patience in epochs after warm-up; 0 = off (paper: 50)"),
+    "--early-stopping": (
+        "train",
+        "early_stopping",
+        int,
+        "patience in epochs after warm-up; 0 = off (paper: 50)",
+    ),
     "--batch-size": ("train", "batch_size", int, "minibatch size (paper: 100)"),
     "--lr": ("train", "lr", float, "learning rate (paper: 5e-4)"),
     "--optimizer": ("train", "optimizer", str, "adamnormgrad (paper, default) or adam"),
@@ -72,6 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=100, help="test points scored together")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--candidates", type=int, default=1000,
+        help="exemplar prior: score each test point against the K exemplars nearest its encoder mean "
+        "(a lower bound; default 1000); 0 = all N exemplars (exact, slow)",
+    )  # fmt: skip
+    p.add_argument(
+        "--check-exact", type=int, default=10,
+        help="with truncation, re-score the first n test points with the full prior and the same samples "
+        "and report the truncation error (default 10; 0 = off)",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--no-progress", action="store_true")
 
@@ -101,7 +116,12 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         base = RunConfig.load(args.config)
     else:
         base = RunConfig()
-    sections: dict[str, Any] = {"data": base.data, "model": base.model, "prior": base.prior, "train": base.train}
+    sections: dict[str, Any] = {
+        "data": base.data,
+        "model": base.model,
+        "prior": base.prior,
+        "train": base.train,
+    }
     given: dict[str, dict[str, Any]] = {k: {} for k in sections}
     for flag, (section, name, _, _) in TRAIN_FLAGS.items():
         value = getattr(args, _dest(flag))
@@ -138,7 +158,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     result = pipeline.evaluate_run(
         args.run_dir, args.samples, args.split, args.limit, args.batch_size, args.device,
-        progress=not args.no_progress, seed=args.seed,
+        progress=not args.no_progress, seed=args.seed, candidates=args.candidates or None,
+        check_exact=args.check_exact,
     )  # fmt: skip
     if args.json:
         print(json.dumps(result))
@@ -149,6 +170,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"± {result['log_likelihood_std_error']:.2f} nats, ELBO {result['elbo']:.2f} nats, "
             f"{result['bits_per_dim']:.4f} bits/dim ({result['seconds']:.1f}s)"
         )
+        check = result.get("truncation_check")
+        if check:
+            print(
+                f"prior truncated to the {result['candidates']} exemplars nearest each test point; against the "
+                f"full prior on {check['points']} points with the same samples: mean error "
+                f"{check['mean_error']:.2e}, max {check['max_error']:.2e} nats ({check['exact_seconds']:.1f}s)"
+            )
     return 0
 
 
@@ -173,7 +201,13 @@ def cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"table": cmd_table, "train": cmd_train, "evaluate": cmd_evaluate, "generate": cmd_generate, "report": cmd_report}
+COMMANDS = {
+    "table": cmd_table,
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "generate": cmd_generate,
+    "report": cmd_report,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from exemplar_vae.functional import bits_per_dim
 from exemplar_vae.models.vae import VAE
 from exemplar_vae.objectives.likelihood import importance_sampled_log_likelihood
+from exemplar_vae.priors.exemplar import ExemplarPrior
 
 
 @torch.no_grad()
@@ -23,6 +24,8 @@ def evaluate_density(
     batch_size: int = 100,
     seed: int = 0,
     progress: bool = True,
+    candidates: int | None = None,
+    check_exact: int = 0,
 ) -> dict[str, Any]:
     """Mean importance-sampled log-likelihood and S-sample ELBO of ``x`` under ``model``.
 
@@ -36,25 +39,28 @@ def evaluate_density(
         batch_size: test points scored together.
         seed: seeds the importance samples.
         progress: show a tqdm bar.
+        candidates: exemplar prior only: keep the K exemplars nearest each test point's encoder mean
+            (a lower bound, much faster); None scores against all N exemplars.
+        check_exact: with ``candidates``, also score the first n examples with the full prior and the
+            same importance samples, and report the truncation error ("truncation_check").
 
     Returns:
         {"log_likelihood", "elbo" (nats, negative), "log_likelihood_std_error", "bits_per_dim",
-         "samples", "examples", "seconds"}.
+         "samples", "examples", "seconds", "prior_eval", and with truncation "candidates" and
+         "truncation_check" {"points", "max_error", "mean_error", "min_error", "exact_seconds"}}.
     """
     model.eval()
     model.prior.refresh(model.encoder)
+    prior = model.prior
+    truncating = isinstance(prior, ExemplarPrior) and candidates is not None and candidates < prior.num_total
+    if truncating:
+        prior.eval_candidates = candidates  # type: ignore[union-attr]
     x = x.to(model.device)
-    g = torch.Generator(device=model.device).manual_seed(seed)
     start = time.perf_counter()
-    lls, elbos = [], []
-    for xb in tqdm(x.split(batch_size), desc=f"log-likelihood (S={num_samples})", disable=not progress, leave=False):
-        est = importance_sampled_log_likelihood(model, xb, num_samples, generator=g)
-        lls.append(est.log_likelihood)
-        elbos.append(est.elbo)
-    ll, elbo = torch.cat(lls), torch.cat(elbos)
+    ll, elbo = _score(model, x, num_samples, batch_size, seed, progress)
     n = ll.shape[0]
     mean_ll = float(ll.mean())
-    return {
+    result: dict[str, Any] = {
         "log_likelihood": mean_ll,
         "elbo": float(elbo.mean()),
         "log_likelihood_std_error": float(ll.std() / math.sqrt(n)) if n > 1 else float("nan"),
@@ -62,4 +68,57 @@ def evaluate_density(
         "samples": num_samples,
         "examples": n,
         "seconds": round(time.perf_counter() - start, 3),
+        "prior_eval": "truncated" if truncating else "exact",
+    }
+    if truncating:
+        result["candidates"] = candidates
+        if check_exact > 0:
+            result["truncation_check"] = _check_truncation(
+                model, x, ll, num_samples, batch_size, seed, check_exact
+            )
+        prior.eval_candidates = None  # type: ignore[union-attr]
+    return result
+
+
+def _score(
+    model: VAE, x: Tensor, num_samples: int, batch_size: int, seed: int, progress: bool
+) -> tuple[Tensor, Tensor]:
+    """Per-example log-likelihood and ELBO; batch b's noise comes from seed + b, so any batch can be
+    re-scored with the same importance samples."""
+    lls, elbos = [], []
+    batches = x.split(batch_size)
+    for b, xb in enumerate(
+        tqdm(batches, desc=f"log-likelihood (S={num_samples})", disable=not progress, leave=False)
+    ):
+        g = torch.Generator(device=model.device).manual_seed(seed * 1_000_003 + b)
+        est = importance_sampled_log_likelihood(model, xb, num_samples, generator=g)
+        lls.append(est.log_likelihood)
+        elbos.append(est.elbo)
+    return torch.cat(lls), torch.cat(elbos)
+
+
+def _check_truncation(
+    model: VAE, x: Tensor, truncated_ll: Tensor, num_samples: int, batch_size: int, seed: int, points: int
+) -> dict[str, Any]:
+    """Re-score the first ``points`` examples (rounded up to whole batches) with the full prior and the
+    same importance samples.
+
+    The truncated value can only be lower; the difference is the truncation error of those points.
+    """
+    n = min(x.shape[0], math.ceil(points / batch_size) * batch_size)  # whole batches: identical samples
+    prior = model.prior
+    saved, prior.eval_candidates = prior.eval_candidates, None  # type: ignore[union-attr]
+    start = time.perf_counter()
+    try:
+        # same batches as the truncated pass (noise is seeded per batch), so the samples are identical
+        exact_ll, _ = _score(model, x[:n], num_samples, batch_size, seed, progress=False)
+    finally:
+        prior.eval_candidates = saved  # type: ignore[union-attr]
+    diff = (exact_ll - truncated_ll[:n]).double()
+    return {
+        "points": n,
+        "max_error": float(diff.max()),
+        "mean_error": float(diff.mean()),
+        "min_error": float(diff.min()),
+        "exact_seconds": round(time.perf_counter() - start, 3),
     }

@@ -26,7 +26,9 @@ class MLPEncoder(nn.Module):
         self.data_dim, self.latent_dim = data_dim, latent_dim
         self.body = nn.Sequential(GatedDense(data_dim, hidden), GatedDense(hidden, hidden))
         self.mean_head = nn.Linear(hidden, latent_dim)
-        self.log_var_head = nn.Sequential(nn.Linear(hidden, latent_dim), nn.Hardtanh(LOG_VAR_MIN, LOG_VAR_MAX))
+        self.log_var_head = nn.Sequential(
+            nn.Linear(hidden, latent_dim), nn.Hardtanh(LOG_VAR_MIN, LOG_VAR_MAX)
+        )
         he_init(self)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:

@@ -79,7 +79,9 @@ class VAE(nn.Module):
             [B, n, D] probabilities.
         """
         mean, log_var = self.prior.variation_kernel(*self.encode(x))  # [B, d] each
-        eps = torch.randn((x.shape[0], n, mean.shape[1]), device=x.device, dtype=mean.dtype, generator=generator)
+        eps = torch.randn(
+            (x.shape[0], n, mean.shape[1]), device=x.device, dtype=mean.dtype, generator=generator
+        )
         z = reparameterize(mean.unsqueeze(1), log_var.unsqueeze(1), temperature * eps)  # [B, n, d]
         return torch.sigmoid(self.decode(z.reshape(-1, z.shape[-1]))).reshape(x.shape[0], n, -1)
 
@@ -88,9 +90,7 @@ ENCODERS = {"mlp": MLPEncoder}
 DECODERS = {"mlp": MLPDecoder}
 
 
-def build_vae(
-    model: ModelConfig, prior: PriorConfig, exemplars: Tensor, image_shape: tuple[int, ...]
-) -> VAE:
+def build_vae(model: ModelConfig, prior: PriorConfig, exemplars: Tensor, image_shape: tuple[int, ...]) -> VAE:
     """Build a VAE from configs.
 
     Args:

@@ -7,4 +7,10 @@ from exemplar_vae.objectives.likelihood import (
     log_weights,
 )
 
-__all__ = ["ElboTerms", "LikelihoodEstimate", "elbo_terms", "importance_sampled_log_likelihood", "log_weights"]
+__all__ = [
+    "ElboTerms",
+    "LikelihoodEstimate",
+    "elbo_terms",
+    "importance_sampled_log_likelihood",
+    "log_weights",
+]

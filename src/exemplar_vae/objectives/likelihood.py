@@ -44,6 +44,7 @@ def log_weights(
     """
     b = x.shape[0]
     mean, log_var = model.encode(x)  # [B, d]
+    score_prior = model.prior.batch_scorer(mean, model.encoder)  # z [s, B, d] -> log p(z) [s, B]
     chunk = max(1, max_rows // max(1, b))
     out = []
     for start in range(0, num_samples, chunk):
@@ -51,9 +52,8 @@ def log_weights(
         eps = torch.randn((s, b, mean.shape[1]), dtype=mean.dtype, device=mean.device, generator=generator)
         z = reparameterize(mean, log_var, eps)  # [s, B, d]
         log_q = log_normal_diag(z, mean, log_var)  # [s, B]
-        flat = z.reshape(s * b, -1)  # [s*B, d]
-        log_px = log_bernoulli_logits(x.repeat(s, 1), model.decode(flat)).reshape(s, b)  # [s, B]
-        log_pz = model.prior.log_prob(flat, model.encoder).reshape(s, b)  # [s, B]
+        log_px = log_bernoulli_logits(x, model.decode(z))  # [s, B]
+        log_pz = score_prior(z)  # [s, B]
         out.append(log_px.double() + log_pz.double() - log_q.double())
     return torch.cat(out)  # [S, B]
 

@@ -8,6 +8,7 @@ exemplar subsampling) and the evaluation form (the full prior).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -42,6 +43,24 @@ class Prior(nn.Module):
     def refresh(self, encoder: nn.Module) -> None:
         """Recompute whatever the prior caches from the encoder (called by the training loop and by
         evaluation, never by a loss). Default: nothing to cache."""
+
+    def batch_scorer(self, mean: Tensor, encoder: nn.Module) -> Callable[[Tensor], Tensor]:
+        """A function scoring codes drawn around a batch of test points, for importance sampling.
+
+        Args:
+            mean: [B, d] encoder means of the batch's test points.
+            encoder: the VAE's encoder.
+
+        Returns:
+            f(z [S, B, d]) -> log p(z) [S, B], where column b holds codes drawn for test point b. The default
+            scores every code with ``log_prob``; the exemplar prior may restrict each column to the
+            exemplars near its test point (a lower bound).
+        """
+
+        def score(z: Tensor) -> Tensor:
+            return self.log_prob(z.reshape(-1, z.shape[-1]), encoder).reshape(z.shape[:-1])
+
+        return score
 
     def variation_kernel(self, mean: Tensor, log_var: Tensor) -> tuple[Tensor, Tensor]:
         """Distribution used to draw variations of an input whose q(z|x) is N(mean, exp(log_var)).

@@ -24,6 +24,7 @@ from the cache in blocks (memory stays bounded for 50k exemplars and thousands o
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -92,6 +93,33 @@ def streaming_exemplar_log_prob(
     return torch.cat(out) - 0.5 * d * (LOG_2PI + log_var) - math.log(n)
 
 
+def candidate_log_prob(z: Tensor, candidates: Tensor, log_var: Tensor, num_total: int) -> Tensor:
+    """log (1/N) sum_{k} N(z; c_k, sigma^2 I) over a per-column candidate set only.
+
+    Dropping components can only lower a mixture of positive terms, so this is a lower bound on the full
+    prior whose N components include the candidates.
+
+    Args:
+        z: [S, B, d] codes; column b was drawn for test point b.
+        candidates: [B, K, d] the exemplar codes kept for each test point.
+        log_var: scalar log sigma^2.
+        num_total: N, the size of the full exemplar set (the mixture weight is 1/N).
+
+    Returns:
+        [S, B] log-densities (lower bounds), in z's dtype.
+    """
+    d = z.shape[-1]
+    prec = torch.exp(-log_var.to(z.dtype))
+    shift = candidates.mean(1, keepdim=True)  # [B, 1, d]: centring keeps the expansion accurate
+    zc = z.transpose(0, 1) - shift  # [B, S, d]
+    cc = candidates - shift  # [B, K, d]
+    logits = torch.baddbmm(
+        (-0.5 * prec) * cc.pow(2).sum(-1).unsqueeze(1), zc, cc.transpose(1, 2), alpha=float(prec)
+    )  # [B, S, K] = (z.c - |c|^2 / 2) / s^2
+    lse = torch.logsumexp(logits, dim=-1) - 0.5 * prec * zc.pow(2).sum(-1)  # [B, S]
+    return (lse - 0.5 * d * (LOG_2PI + log_var.to(z.dtype)) - math.log(num_total)).transpose(0, 1)
+
+
 class ExemplarPrior(Prior):
     """Parzen-window prior over encoded exemplars, with leave-one-out, subsampling and retrieval.
 
@@ -127,6 +155,9 @@ class ExemplarPrior(Prior):
         self.log_var = nn.Parameter(torch.zeros(()))  # log sigma^2, one scalar for all exemplars and dims
         self.register_buffer("exemplars", exemplars, persistent=False)  # [N, D]
         self.cache = CodeCache()
+        # Evaluation: None scores every code against all N exemplars; K keeps, for each test point, the K
+        # exemplars whose codes are nearest its encoder mean (a lower bound; see ``batch_scorer``).
+        self.eval_candidates: int | None = None
 
     # -- exemplar set -------------------------------------------------------------------------------
     @property
@@ -137,7 +168,9 @@ class ExemplarPrior(Prior):
     def set_exemplars(self, exemplars: Tensor) -> None:
         """Replace the exemplar set (e.g. add new data without retraining); invalidates the cache."""
         if exemplars.ndim != 2 or exemplars.shape[0] < 1:
-            raise ConfigError(f"exemplars must be a non-empty [N, D] tensor, got shape {tuple(exemplars.shape)}")
+            raise ConfigError(
+                f"exemplars must be a non-empty [N, D] tensor, got shape {tuple(exemplars.shape)}"
+            )
         self.exemplars = exemplars.to(self.log_var.device)
         self.cache.invalidate()
 
@@ -200,6 +233,19 @@ class ExemplarPrior(Prior):
     def full_log_prob(self, z: Tensor) -> Tensor:
         """The test-time prior over all N cached exemplar codes, no leave-one-out: [B, d] -> [B]."""
         return streaming_exemplar_log_prob(z, self.cache.get(), self.log_var.detach())
+
+    def batch_scorer(self, mean: Tensor, encoder: nn.Module) -> Callable[[Tensor], Tensor]:
+        """Importance-sampling scorer; with ``eval_candidates = K`` it keeps, for each test point, only the
+        K exemplars whose cached codes are nearest the point's encoder mean (faiss search), which makes
+        the prior term K/N times cheaper and the estimate a lower bound on the full-prior one."""
+        k = self.eval_candidates
+        if self.training or k is None or k >= self.num_total:
+            return super().batch_scorer(mean, encoder)
+        codes = self.cache.get()
+        _, nearest = knn_search(mean, codes, k, self.search_backend)  # [B, K]
+        candidates = codes[nearest]  # [B, K, d]
+        log_var = self.log_var.detach()
+        return lambda z: candidate_log_prob(z, candidates, log_var, self.num_total)
 
     @torch.no_grad()
     def sample(self, n: int, encoder: nn.Module, generator: torch.Generator | None = None) -> Tensor:

@@ -43,7 +43,9 @@ def knn_search(queries: Tensor, base: Tensor, k: int, backend: str = "auto") -> 
     use_faiss = backend == "faiss" or (backend == "auto" and faiss is not None and base.device.type == "cpu")
     if use_faiss:
         if faiss is None:
-            raise ConfigError("the faiss backend was requested but faiss is not installed (pip install faiss-cpu)")
+            raise ConfigError(
+                "the faiss backend was requested but faiss is not installed (pip install faiss-cpu)"
+            )
         q = np.ascontiguousarray(queries.detach().cpu().numpy(), dtype=np.float32)
         b = np.ascontiguousarray(base.detach().cpu().numpy(), dtype=np.float32)
         dist, idx = faiss.knn(q, b, k)

@@ -145,7 +145,11 @@ class Trainer:
         assert self.run_dir is not None
         ckpt = load_checkpoint(self.run_dir / LAST, map_location=self.device)
         saved = RunConfig.from_dict(ckpt["config"])
-        if saved.model != self.config.model or saved.prior != self.config.prior or saved.data != self.config.data:
+        if (
+            saved.model != self.config.model
+            or saved.prior != self.config.prior
+            or saved.data != self.config.data
+        ):
             raise ExemplarVAEError(
                 f"{self.run_dir / LAST} was trained with a different data/model/prior configuration"
             )
@@ -161,7 +165,9 @@ class Trainer:
             lines = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
             self.history = [m for m in lines if m["epoch"] <= self.state.epoch]
             atomic_write_text(metrics_path, "".join(json.dumps(m) + "\n" for m in self.history))
-        logger.info("resumed from epoch %d (best validation loss %.3f)", self.state.epoch, self.state.best_val)
+        logger.info(
+            "resumed from epoch %d (best validation loss %.3f)", self.state.epoch, self.state.best_val
+        )
 
     # -- one epoch -----------------------------------------------------------------------------------
     def train_epoch(self, epoch: int, beta: float) -> dict[str, float]:
@@ -259,4 +265,3 @@ class Trainer:
         if improved:
             save_checkpoint(self.run_dir / BEST, payload)
         save_checkpoint(self.run_dir / LAST, payload)
-
