@@ -9,8 +9,9 @@ What it measures, all in one process so that the ratios compare like with like:
    optimiser steps (an optimiser post-step hook), so no training math is repeated here. Priors: Gaussian;
    MoG and VampPrior with K = 500; the exemplar prior with retrieval augmented training (k = 10, M = N/2,
    its cache refreshed at the start of the epoch as the loop does) and exact (k = 0, M = N/2, fewer steps:
-   ``--exact-steps``). Also: the exemplar cache refresh (encoding all N training images) and one
-   ``Trainer.validate()`` pass per prior, with and without the refresh that precedes it in ``fit``.
+   ``--exact-steps``). For the kNN exemplar prior also: the cache refresh (encoding all N training
+   images), one ``Trainer.validate()`` pass with and without the refresh that precedes it in ``fit``, and
+   the number of distinct exemplars retrieved for one batch.
 2. Evaluation time per test point of the importance-sampled log-likelihood
    (``objectives.importance_sampled_log_likelihood``) at S = ``--samples`` for the Gaussian and the exemplar
    prior (all N training images as exemplars, eval mode), extrapolated to the whole test set.
@@ -19,7 +20,7 @@ The models are untrained (random initialisation; the training rows then take a f
 Timings do not depend on the weights, except that the kNN prior's cost grows with the number of distinct
 exemplars retrieved for a batch (reported).
 
-Run (about 2-3 minutes with the defaults on 2 CPU cores):
+Run (a few minutes with the defaults on 2 idle CPU cores; the last line is a smoke run):
 
     .venv/bin/python benchmarks/bench_train_eval.py                # report on stdout
     .venv/bin/python benchmarks/bench_train_eval.py --write        # ... also benchmarks/RESULTS.md
@@ -126,6 +127,11 @@ def machine_lines(device: torch.device) -> list[str]:
     ]
     if device.type == "cuda":
         lines.append(f"- GPU: {torch.cuda.get_device_name(device)}")
+    if hasattr(os, "getloadavg") and cores and os.getloadavg()[0] > 0.5 * cores:
+        lines.append(
+            f"- **warning: the machine was busy at start (1-min load {os.getloadavg()[0]:.1f} on {cores} "
+            "cores); other processes disturb these timings**"
+        )
     lines.append(f"- command: `{shlex.join(sys.orig_argv)}`")
     return lines
 

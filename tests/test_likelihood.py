@@ -138,8 +138,12 @@ def test_log_weights_match_brute_force(prior_name: str, latent: int) -> None:
         assert_close(out, torch.from_numpy(expect), rtol=1e-5, atol=2e-4)
 
         est = importance_sampled_log_likelihood(case.model, X, s, max_rows=max_rows, generator=gen(5))
-        assert_close(est.log_likelihood, torch.from_numpy(ref.importance_sampled_log_likelihood(expect)),
-                     rtol=1e-5, atol=2e-4)  # fmt: skip
+        assert_close(
+            est.log_likelihood,
+            torch.from_numpy(ref.importance_sampled_log_likelihood(expect)),
+            rtol=1e-5,
+            atol=2e-4,
+        )
         assert_close(est.elbo, torch.from_numpy(expect.mean(0)), rtol=1e-5, atol=2e-4)
 
 
@@ -166,9 +170,13 @@ def test_importance_sampling_converges_to_exact_log_px(prior_name: str, latent: 
     assert np.all(big.mean(0) >= elbos.mean(0))
 
     small = np.stack(
-        [ref.as64(importance_sampled_log_likelihood(case.model, X, 10, generator=gen(100 + s)).log_likelihood)
-         for s in range(20)]
-    )  # fmt: skip
+        [
+            ref.as64(
+                importance_sampled_log_likelihood(case.model, X, 10, generator=gen(100 + s)).log_likelihood
+            )
+            for s in range(20)
+        ]
+    )
     assert np.abs(small - exact).mean() > 10 * err.mean()  # seen: 37x .. 68x
 
 
@@ -203,8 +211,9 @@ def test_elbo_terms_match_brute_force(prior_name: str, latent: int) -> None:
     assert_close(terms.rec.double(), torch.from_numpy(rec), rtol=1e-5, atol=1e-4)
     assert_close(terms.kl.double(), torch.from_numpy(kl), rtol=1e-5, atol=1e-4)
     assert_close(terms.elbo, -(terms.rec + terms.kl), rtol=0, atol=0)
-    assert_close(terms.loss.double(), torch.tensor(np.mean(rec + beta * kl), dtype=torch.float64),
-                 rtol=1e-5, atol=1e-4)  # fmt: skip
+    assert_close(
+        terms.loss.double(), torch.tensor(np.mean(rec + beta * kl), dtype=torch.float64), rtol=1e-5, atol=1e-4
+    )
 
 
 @pytest.mark.parametrize(("prior_name", "latent"), CASES)
@@ -219,3 +228,29 @@ def test_expected_elbo_is_below_exact_log_px(prior_name: str, latent: int) -> No
     # the single-sample ELBO and the S-sample one from log_weights estimate the same number
     other = ref.as64(log_weights(case.model, X, draws, generator=gen(13))).mean(0)
     assert np.all(np.abs(mean - other) < 5 * math.sqrt(2) * se + 1e-3), (mean, other)
+
+
+@pytest.mark.parametrize("latent", [1, 2])
+def test_truncated_exemplar_prior_gives_lower_log_weights(latent: int) -> None:
+    """eval_candidates = K scores each test point's codes against its K nearest exemplars only: every
+    log-weight (same z) is at most the full-prior one, equal for K = N, and the estimate a lower bound."""
+    case = build_case("exemplar", latent)
+    prior = case.model.prior
+    full = log_weights(case.model, X, 2000, generator=gen(14))  # [S, B]
+    try:
+        for k in (1, 3, N_EXEMPLARS):
+            prior.eval_candidates = k
+            out = log_weights(case.model, X, 2000, generator=gen(14))
+            assert (out <= full + 1e-5).all(), (out - full).max()
+            if k == N_EXEMPLARS:
+                assert_close(out, full, rtol=0, atol=0)
+            est = importance_sampled_log_likelihood(case.model, X, 20000, generator=gen(15))
+            assert np.all(ref.as64(est.log_likelihood) < exact_of(X, case) + 0.06)
+    finally:
+        prior.eval_candidates = None
+    prior.eval_candidates = 1
+    try:
+        gap = (full - log_weights(case.model, X, 2000, generator=gen(14))).max()
+    finally:
+        prior.eval_candidates = None
+    assert gap > 1e-3  # one candidate out of 20 does drop mass

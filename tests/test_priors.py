@@ -17,7 +17,7 @@ from torch.testing import assert_close
 from exemplar_vae.errors import ConfigError
 from exemplar_vae.models.encoders import MLPEncoder
 from exemplar_vae.priors import ExemplarPrior, GaussianPrior, MoGPrior, VampPrior
-from exemplar_vae.priors.exemplar import streaming_exemplar_log_prob
+from exemplar_vae.priors.exemplar import candidate_log_prob, streaming_exemplar_log_prob
 from exemplar_vae.priors.mixtures import diag_mixture_log_prob
 from exemplar_vae.retrieval import index as retrieval_index
 from exemplar_vae.retrieval.index import knn_search
@@ -129,8 +129,12 @@ def test_diag_mixture_log_prob_chunks_and_extreme_log_variances(
     k, d = 11, 4
     means = 2 * torch.randn(k, d, generator=g, dtype=torch.float64)
     log_vars = torch.empty(k, d, dtype=torch.float64).uniform_(*lv_range, generator=g)
-    z = torch.cat([means[:5] + 0.01 * torch.randn(5, d, generator=g, dtype=torch.float64),
-                   3 * torch.randn(20, d, generator=g, dtype=torch.float64)])  # fmt: skip
+    z = torch.cat(
+        [
+            means[:5] + 0.01 * torch.randn(5, d, generator=g, dtype=torch.float64),
+            3 * torch.randn(20, d, generator=g, dtype=torch.float64),
+        ]
+    )
     expect = t64(ref.diag_mixture_log_prob(z, means, log_vars))
     out64 = diag_mixture_log_prob(z, means, log_vars, max_elements=max_elements)
     assert out64.dtype == torch.float64
@@ -519,3 +523,61 @@ def test_exemplar_prior_sample_moments() -> None:
     codes = ref.as64(prior.cache.get())
     out = prior.sample(20000, encoder, gen(23))
     assert_moments(out, *mixture_moments(codes, np.full_like(codes, np.exp(-0.7))))
+
+
+# -- exemplar prior: truncated evaluation prior (importance sampling) -------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_candidate_log_prob_is_mixture_over_candidates_with_weight_one_over_n(dtype: torch.dtype) -> None:
+    g = gen(24)
+    s, b, k, d = 30, 4, 7, LATENT
+    candidates = 2 * torch.randn(b, k, d, generator=g, dtype=torch.float64) + 5.0  # [B, K, d]
+    z = candidates[:, :3].mean(1) + torch.randn(s, b, d, generator=g, dtype=torch.float64)  # [S, B, d]
+    for lv in (-3.0, -0.7, 1.0):
+        log_var = torch.tensor(lv, dtype=dtype)
+        out = candidate_log_prob(z.to(dtype), candidates.to(dtype), log_var, N)
+        assert out.shape == (s, b) and out.dtype == dtype
+        expect = np.stack(
+            [
+                ref.isotropic_exemplar_log_prob(
+                    z[:, j].to(dtype), candidates[j].to(dtype), float(log_var), count=N
+                )
+                for j in range(b)
+            ],
+            axis=1,
+        )  # [S, B]
+        tol = dict(rtol=1e-11, atol=1e-9) if dtype == torch.float64 else dict(rtol=1e-5, atol=2e-4)
+        assert_close(out.double(), t64(expect), **tol)
+
+
+@pytest.mark.parametrize("k", [1, 5, N - 1, N])
+def test_batch_scorer_with_candidates_is_lower_bound_on_full_prior(k: int) -> None:
+    encoder, exemplars = make_encoder(), make_exemplars()
+    prior = make_prior(encoder, exemplars, train=False)
+    codes = ref.as64(prior.cache.get())
+    g = gen(25)
+    mean = t64(codes)[:6].float() + 0.5 * torch.randn(6, LATENT, generator=g)  # [B, d] test-point means
+    z = mean + torch.randn(50, 6, LATENT, generator=g)  # [S, B, d]
+    full = prior.full_log_prob(z.reshape(-1, LATENT)).reshape(50, 6).double()
+    assert_close(full, t64(ref.isotropic_exemplar_log_prob(z.reshape(-1, LATENT), codes, -0.7)).reshape(50, 6),
+                 rtol=1e-5, atol=1e-4)  # fmt: skip
+    prior.eval_candidates = k
+    out = prior.batch_scorer(mean, encoder)(z).double()  # [S, B]
+    assert out.shape == (50, 6)
+    assert (out <= full + 1e-5).all()
+    # the candidates are the K cached codes nearest each test point's mean; weight 1/N
+    sq = ref.squared_distances(mean, codes)  # [B, N]
+    expect = np.stack(
+        [
+            ref.isotropic_exemplar_log_prob(z[:, b], codes[np.argsort(sq[b])[:k]], -0.7, count=N)
+            for b in range(6)
+        ],
+        axis=1,
+    )
+    assert_close(out, t64(expect), rtol=1e-5, atol=1e-4)
+    if k < 5:
+        assert (out < full - 1e-3).any()
+    # in training mode the candidates are ignored: the scorer is log_prob, which needs an index under
+    # leave-one-out
+    prior.train()
+    with pytest.raises(ValueError, match="index"):
+        prior.batch_scorer(mean, encoder)(z)

@@ -189,6 +189,8 @@ def validate(config: RunConfig, num_train: int | None = None) -> RunConfig:
     exemplars = p.exemplars if p.exemplars is not None else max(1, num_train // 2)
     if exemplars > num_train:
         raise ConfigError(f"--exemplars M={exemplars} is larger than the training set N={num_train}")
+    if p.leave_one_out and exemplars < 2:
+        raise ConfigError(f"leave-one-out needs at least 2 exemplars per step, got --exemplars M={exemplars}")
     if p.knn > exemplars:
         raise ConfigError(f"--knn k={p.knn} is larger than the exemplars per step M={exemplars}")
     return dataclasses.replace(config, prior=dataclasses.replace(p, exemplars=exemplars))

@@ -1,0 +1,73 @@
+"""Evaluation: the truncated exemplar prior is a lower bound on the full one, and its check is right."""
+
+from __future__ import annotations
+
+import math
+
+import reference as ref
+import torch
+
+from exemplar_vae.evaluation import evaluate_density
+from exemplar_vae.models.decoders import MLPDecoder
+from exemplar_vae.models.encoders import MLPEncoder
+from exemplar_vae.models.vae import VAE
+from exemplar_vae.priors.exemplar import ExemplarPrior, candidate_log_prob, streaming_exemplar_log_prob
+
+
+def tiny_model(
+    n: int = 300, d_x: int = 12, latent: int = 3, log_var: float = -1.0
+) -> tuple[VAE, torch.Tensor]:
+    torch.manual_seed(0)
+    exemplars = torch.rand(n, d_x)
+    prior = ExemplarPrior(exemplars, latent, knn=0)
+    with torch.no_grad():
+        prior.log_var.fill_(log_var)
+    model = VAE(MLPEncoder(d_x, 16, latent), MLPDecoder(latent, 16, d_x), prior, (1, 1, d_x))
+    x = torch.bernoulli(torch.rand(25, d_x), generator=torch.Generator().manual_seed(1))
+    return model, x
+
+
+def test_candidate_log_prob_matches_float64_reference() -> None:
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(7, 30, 4, generator=g)  # [B, K, d]
+    z = torch.randn(11, 7, 4, generator=g)  # [S, B, d]
+    got = candidate_log_prob(z, centers, torch.tensor(-0.5), num_total=1000)
+    for b in range(7):
+        expect = ref.isotropic_exemplar_log_prob(z[:, b].double().numpy(), centers[b].double().numpy(), -0.5)
+        expect = expect + math.log(30) - math.log(1000)  # reference averages over the 30 given centers
+        torch.testing.assert_close(got[:, b].double(), torch.from_numpy(expect), rtol=0, atol=1e-4)
+
+
+def test_streaming_matches_float64_reference_at_realistic_scale() -> None:
+    g = torch.Generator().manual_seed(1)
+    centers = 3.0 * torch.randn(2000, 40, generator=g)
+    z = centers[:50] + 0.3 * torch.randn(50, 40, generator=g)
+    got = streaming_exemplar_log_prob(z, centers, torch.tensor(math.log(0.1)), max_elements=5000)
+    expect = ref.isotropic_exemplar_log_prob(z.double().numpy(), centers.double().numpy(), math.log(0.1))
+    torch.testing.assert_close(got.double(), torch.from_numpy(expect), rtol=0, atol=2e-3)
+
+
+def test_truncated_evaluation_is_a_lower_bound_and_its_check_is_exact() -> None:
+    model, x = tiny_model()
+    exact = evaluate_density(model, x, num_samples=200, batch_size=10, progress=False)
+    assert exact["prior_eval"] == "exact"
+    for k in (5, 50):
+        trunc = evaluate_density(
+            model, x, num_samples=200, batch_size=10, progress=False, candidates=k, check_exact=25
+        )
+        assert trunc["prior_eval"] == "truncated" and trunc["candidates"] == k
+        assert trunc["log_likelihood"] <= exact["log_likelihood"] + 1e-5
+        check = trunc["truncation_check"]
+        assert check["points"] == 25
+        # same samples: the check's mean error is the gap between the two full-set means
+        gap = exact["log_likelihood"] - trunc["log_likelihood"]
+        assert math.isclose(check["mean_error"], gap, rel_tol=1e-4, abs_tol=1e-6)
+        assert check["min_error"] >= -1e-5
+    assert (
+        evaluate_density(model, x, 50, 10, progress=False, candidates=5)["log_likelihood"]
+        < exact["log_likelihood"] - 1e-3
+    )
+    # candidates covering the whole set fall back to the exact prior
+    same = evaluate_density(model, x, num_samples=200, batch_size=10, progress=False, candidates=300)
+    assert same["prior_eval"] == "exact" and same["log_likelihood"] == exact["log_likelihood"]
+    assert model.prior.eval_candidates is None
