@@ -105,7 +105,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("table", help="markdown table of evaluated runs (from their evaluation.json)")
     p.add_argument("run_dirs", type=Path, nargs="+")
     p.add_argument("--out", type=Path, help="also write the table to this file")
+    for module in _subcommand_modules():
+        module.add_parsers(sub)
     return parser
+
+
+# Further subcommands live in their own modules, each with ``add_parsers(sub)`` (adds its parsers) and
+# ``COMMANDS`` (name -> function(args) -> exit code).
+SUBCOMMAND_MODULES = ("exemplar_vae.cli.downstream", "exemplar_vae.cli.explore", "exemplar_vae.cli.ablate")
+
+
+def _subcommand_modules() -> list[Any]:
+    import importlib
+
+    modules = []
+    for name in SUBCOMMAND_MODULES:
+        try:
+            modules.append(importlib.import_module(name))
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+    return modules
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -217,8 +237,11 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    commands = dict(COMMANDS)
+    for module in _subcommand_modules():
+        commands.update(module.COMMANDS)
     try:
-        return COMMANDS[args.command](args)
+        return commands[args.command](args)
     except ExemplarVAEError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
