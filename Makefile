@@ -44,7 +44,7 @@ test: setup data
 	$(PY) -m pytest -q
 
 bench: setup data
-	$(PY) benchmarks/bench_train_eval.py
+	$(PY) benchmarks/bench_train_eval.py --write
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -269,11 +269,22 @@ class EvalRow:
         return self.seconds / self.points
 
 
-def bench_evaluation(name: str, args: argparse.Namespace, data: DataSplits) -> EvalRow:
-    """Seconds to score ``args.eval_points`` test points with S importance samples, a batch at a time."""
+def bench_evaluation(
+    name: str, args: argparse.Namespace, data: DataSplits, candidates: int | None = None
+) -> EvalRow:
+    """Seconds to score ``args.eval_points`` test points with S importance samples, a batch at a time.
+
+    ``candidates``: exemplar prior truncated to the K exemplars nearest each test point (``evaluate``'s
+    default path); None scores against all N exemplars.
+    """
     model, _ = fresh_model(PriorConfig(name), args, data)
     model.eval()
     model.prior.refresh(model.encoder)  # exemplar prior: all N training images, no leave-one-out
+    if candidates is not None:
+        model.prior.eval_candidates = candidates
+        name = f"{name} (truncated, K={candidates})"
+    elif name == "exemplar":
+        name = "exemplar (all N exemplars)"
     x = data.test_x[: args.eval_points].to(args.device)
     g = torch.Generator(device=args.device).manual_seed(args.seed)
     importance_sampled_log_likelihood(model, x[:1], min(args.samples, 100), generator=g)  # warm-up
@@ -317,6 +328,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="exemplar cache refreshes timed (default 3)")
     p.add_argument("--components", type=int, default=500, help="K for MoG and VampPrior (default 500)")
     p.add_argument("--knn", type=int, default=10, help="k for retrieval augmented training (default 10)")
+    p.add_argument(
+        "--candidates",
+        type=int,
+        default=1000,
+        help="exemplars kept per test point in the truncated evaluation",
+    )
     p.add_argument("--exemplars", type=int, default=None, help="M exemplars per training step (default N/2)")
     p.add_argument("--batch-size", type=int, default=100, help="training batch size (default 100)")
     p.add_argument("--samples", type=int, default=5000, help="importance samples S (default 5000)")
@@ -378,9 +395,9 @@ def main(argv: list[str] | None = None) -> None:
         extras = prior.name == "exemplar" and prior.knn > 0 and not any(r.union for r in train_rows)
         train_rows.append(bench_training(prior, steps, args, data, extras))
     eval_rows = []
-    for name in ("gaussian", "exemplar"):
+    for name, candidates in (("gaussian", None), ("exemplar", None), ("exemplar", args.candidates)):
         logger.info("evaluation: %s prior, %d points at S=%d", name, args.eval_points, args.samples)
-        eval_rows.append(bench_evaluation(name, args, data))
+        eval_rows.append(bench_evaluation(name, args, data, candidates))
 
     lines = [
         "# Exemplar VAE: training and evaluation speed",
