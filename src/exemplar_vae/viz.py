@@ -73,3 +73,46 @@ def plot_training_curves(history: list[dict[str, Any]], path: str | Path) -> Pat
     plt.close(fig)
     atomic_write_bytes(Path(path), buf.getvalue())
     return Path(path)
+
+
+def plot_embedding(
+    points: np.ndarray,
+    labels: np.ndarray,
+    path: str | Path,
+    title: str = "",
+    label_names: list[str] | None = None,
+) -> Path:
+    """Scatter a 2-D embedding coloured by label, with a legend, as PNG (written atomically).
+
+    Args:
+        points: [n, 2] coordinates (e.g. a t-SNE map of latent codes).
+        labels: [n] integer labels; -1 (unlabelled) is drawn in grey.
+        path: the PNG file.
+        title: the figure's title.
+        label_names: names of labels 0, 1, ... for the legend (default: the numbers).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    classes = sorted(int(c) for c in np.unique(labels))
+    cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+    fig, ax = plt.subplots(figsize=(6.5, 6))
+    size = float(np.clip(8000 / max(1, len(labels)), 3, 30))  # marker area: smaller for more points
+    for i, c in enumerate(classes):
+        sel = labels == c
+        name = "unlabelled" if c < 0 else (label_names[c] if label_names and c < len(label_names) else str(c))
+        color = "0.6" if c < 0 else cmap(i % cmap.N)
+        ax.scatter(points[sel, 0], points[sel, 1], s=size, color=color, label=name, alpha=0.8, linewidths=0)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title)
+    ax.legend(markerscale=3, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(Path(path), buf.getvalue())
+    return Path(path)

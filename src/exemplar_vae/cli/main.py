@@ -87,15 +87,48 @@ def build_parser() -> argparse.ArgumentParser:
         help="with truncation, re-score the first n test points with the full prior and the same samples "
         "and report the truncation error (default 10; 0 = off)",
     )  # fmt: skip
+    p.add_argument(
+        "--exemplars", type=Path, default=None, metavar="EXTRA.npz",
+        help="exemplar prior: add the images (array x) of this .npz file to the exemplar set, no retraining",
+    )  # fmt: skip
+    p.add_argument(
+        "--add-val-exemplars", action="store_true",
+        help="exemplar prior: add the validation images (grey) to the exemplar set",
+    )  # fmt: skip
+    p.add_argument(
+        "--out", type=Path, default=None, help="write the JSON here (default RUN_DIR/evaluation.json)"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--no-progress", action="store_true")
 
-    p = sub.add_parser("generate", help="PNG grid of samples, or of exemplars and their variations")
+    p = sub.add_parser(
+        "generate", help="PNG grid of prior samples, exemplar variations, cyclic chains or interpolations"
+    )
     p.add_argument("run_dir", type=Path)
     p.add_argument("--out", required=True, type=Path, help="PNG file to write")
-    p.add_argument("--n", type=int, default=64, help="samples, or exemplars (rows) with --from-exemplars")
+    p.add_argument(
+        "--n", type=int, default=64, help="samples, or rows with --from-exemplars/--cyclic/--interpolate"
+    )
     p.add_argument("--from-exemplars", action="store_true", help="rows of exemplar + variations from r(z|x)")
     p.add_argument("--variations", type=int, default=10, help="variations per exemplar (default 10)")
+    p.add_argument(
+        "--cyclic", type=int, default=0, metavar="STEPS",
+        help="rows of cyclic generation: uniform noise, then STEPS times x <- decoder mean of z ~ r(z|x)",
+    )  # fmt: skip
+    p.add_argument(
+        "--interpolate", action="store_true",
+        help="rows: exemplar a, --steps decoded points on the latent line from mu(a) to mu(b), exemplar b",
+    )  # fmt: skip
+    p.add_argument("--steps", type=int, default=10, help="points per interpolation row (default 10)")
+    p.add_argument(
+        "--temperature", type=float, default=1.0,
+        help="multiplies the sampling std of the prior (or of r(z|x) for the row layouts); default 1",
+    )  # fmt: skip
+    p.add_argument(
+        "--exemplars", type=Path, default=None, metavar="EXTRA.npz",
+        help="exemplar prior: add these images (array x) to the exemplar set; exemplar rows and pairs are "
+        "then drawn from them",
+    )  # fmt: skip
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p = sub.add_parser("report", help="samples.png, exemplars.png, curves.png and report.md in a run folder")
@@ -179,7 +212,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result = pipeline.evaluate_run(
         args.run_dir, args.samples, args.split, args.limit, args.batch_size, args.device,
         progress=not args.no_progress, seed=args.seed, candidates=args.candidates or None,
-        check_exact=args.check_exact,
+        check_exact=args.check_exact, extra_exemplars=args.exemplars, add_val_exemplars=args.add_val_exemplars,
+        out=args.out,
     )  # fmt: skip
     if args.json:
         print(json.dumps(result))
@@ -197,13 +231,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 f"full prior on {check['points']} points with the same samples: mean error "
                 f"{check['mean_error']:.2e}, max {check['max_error']:.2e} nats ({check['exact_seconds']:.1f}s)"
             )
+        if result.get("extra_exemplars"):
+            print(
+                f"exemplar set: {result['train_examples']} training + {result['extra_exemplars']} extra images "
+                f"({', '.join(result['extra_exemplar_sources'])})"
+            )
     return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     path = pipeline.generate_pictures(
-        args.run_dir, args.out, args.n, args.from_exemplars, args.variations, args.device, args.seed
-    )
+        args.run_dir, args.out, args.n, args.from_exemplars, args.variations, args.device, args.seed,
+        extra_exemplars=args.exemplars, temperature=args.temperature, cyclic=args.cyclic,
+        interpolate=args.interpolate, steps=args.steps,
+    )  # fmt: skip
     print(f"wrote {path}")
     return 0
 

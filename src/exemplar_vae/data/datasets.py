@@ -49,6 +49,9 @@ class DataSplits:
         test_x: [Nt, D] float32; in {0, 1} when ``binary`` (binarised once with a fixed seed).
         test_y: [Nt] int64 labels, -1 where unlabelled.
         binary: True for Bernoulli data with dynamic binarisation of the training set.
+        val_grey: [Nv, D] float32 grey values of the validation images before binarisation (kNN probes
+            and extra exemplars use grey images), or None when the loader did not keep them.
+        test_grey: [Nt, D] float32 grey values of the test images before binarisation, or None.
     """
 
     name: str
@@ -60,6 +63,8 @@ class DataSplits:
     test_x: Tensor
     test_y: Tensor
     binary: bool = True
+    val_grey: Tensor | None = None
+    test_grey: Tensor | None = None
 
     def __post_init__(self) -> None:
         dim = math.prod(self.image_shape)
@@ -72,6 +77,13 @@ class DataSplits:
                 )
             if y.shape != (x.shape[0],):
                 raise DataError(f"{self.name}: {split}_y has shape {tuple(y.shape)}, expected [{x.shape[0]}]")
+        for split in ("val", "test"):
+            grey, x = getattr(self, f"{split}_grey"), getattr(self, f"{split}_x")
+            if grey is not None and grey.shape != x.shape:
+                raise DataError(
+                    f"{self.name}: {split}_grey has shape {tuple(grey.shape)}, expected {tuple(x.shape)} "
+                    f"(the shape of {split}_x)"
+                )
 
     @property
     def data_dim(self) -> int:

@@ -6,7 +6,8 @@ an ``.npz`` file. Every loader returns a :class:`~exemplar_vae.data.datasets.Dat
 MNIST and Fashion-MNIST follow the Exemplar VAE paper's protocol: of the 60,000 training images the
 first 50,000 are the training set (the exemplars) and the last 10,000 the validation set; the
 10,000 test images are the test set. Pixels are scaled to [0, 1]; validation and test images are
-binarised once with fixed seeds, training images dynamically per batch.
+binarised once with fixed seeds (their grey values are kept as ``val_grey`` / ``test_grey``, e.g. for
+kNN probes), training images dynamically per batch.
 
 Their files are looked up, in order, in:
 
@@ -274,6 +275,7 @@ def _load_idx_dataset(name: str, data_dir: Path | None, download: bool) -> DataS
         )
     x = _to_unit_tensor(train_images)  # [60000, 784]
     y = _labels_tensor(train_labels)
+    test_grey = _to_unit_tensor(test_images)  # [10000, 784]
     return DataSplits(
         name=name,
         image_shape=(1, MNIST_IMAGE_SIZE, MNIST_IMAGE_SIZE),
@@ -281,9 +283,11 @@ def _load_idx_dataset(name: str, data_dir: Path | None, download: bool) -> DataS
         train_y=y[:n_train].clone(),
         val_x=fixed_binarize(x[n_train:], seed=VAL_BINARIZE_SEED),
         val_y=y[n_train:].clone(),
-        test_x=fixed_binarize(_to_unit_tensor(test_images), seed=TEST_BINARIZE_SEED),
+        test_x=fixed_binarize(test_grey, seed=TEST_BINARIZE_SEED),
         test_y=_labels_tensor(test_labels),
         binary=True,
+        val_grey=x[n_train:].clone(),
+        test_grey=test_grey,
     )
 
 
@@ -332,6 +336,8 @@ def load_digits(data_dir: Path | None = None, download: bool = True) -> DataSpli
         test_x=fixed_binarize(x[test], seed=TEST_BINARIZE_SEED),
         test_y=y[test],
         binary=True,
+        val_grey=x[val],
+        test_grey=x[test],
     )
 
 
@@ -481,6 +487,8 @@ def load_npz(path: str | Path) -> DataSplits:
         test_x=fixed_binarize(test_x, seed=TEST_BINARIZE_SEED),
         test_y=test_y,
         binary=True,
+        val_grey=val_x,
+        test_grey=test_x,
     )
 
 

@@ -3,3 +3,12 @@
 from exemplar_vae.generation.sample import exemplar_grid, prior_sample_grid
 
 __all__ = ["exemplar_grid", "prior_sample_grid"]
+
+from exemplar_vae.generation.sample import (  # noqa: E402
+    check_temperature,
+    cyclic_chain,
+    interpolate,
+    interpolation_grid,
+)
+
+__all__ += ["check_temperature", "cyclic_chain", "interpolate", "interpolation_grid"]

@@ -1,4 +1,11 @@
-"""Pictures from a trained model: prior samples and exemplar-based variations."""
+"""Pictures from a trained model: prior samples, exemplar-based variations, cyclic chains, interpolation.
+
+Every function takes the model and returns pixel values in [0, 1] (Bernoulli means) laid out as a
+[rows, cols, D] grid, ready for ``viz.save_image_grid``. Randomness comes in through ``generator``.
+
+Cyclic generation (Norouzi et al. 2020, Sec. 5 and PAPER.md 2.6) starts from uniform noise and feeds each
+generation back as the next exemplar: x_{t+1} = decoder mean of z ~ r(z | x_t).
+"""
 
 from __future__ import annotations
 
@@ -7,32 +14,142 @@ import math
 import torch
 from torch import Tensor
 
+from exemplar_vae.errors import ConfigError
 from exemplar_vae.models.vae import VAE
 
 
+def check_temperature(temperature: float) -> float:
+    """``temperature`` as a float, or ConfigError unless it is a finite number >= 0."""
+    t = float(temperature)
+    if not math.isfinite(t) or t < 0:
+        raise ConfigError(f"temperature must be a finite number >= 0, got {temperature}")
+    return t
+
+
 @torch.no_grad()
-def prior_sample_grid(model: VAE, n: int, generator: torch.Generator | None = None) -> Tensor:
-    """n samples from the model as a near-square [rows, cols, D] grid of Bernoulli means."""
+def prior_sample_grid(
+    model: VAE, n: int, generator: torch.Generator | None = None, temperature: float = 1.0
+) -> Tensor:
+    """n samples from the model as a near-square [rows, cols, D] grid of Bernoulli means.
+
+    ``temperature`` multiplies the prior's sampling standard deviation (see ``Prior.sample``).
+    """
     model.eval()
     cols = max(1, math.ceil(math.sqrt(n)))
     rows = math.ceil(n / cols)
-    x = model.generate(rows * cols, generator)  # [rows*cols, D]
+    x = model.generate(rows * cols, generator, check_temperature(temperature))  # [rows*cols, D]
     return x.reshape(rows, cols, -1)
 
 
 @torch.no_grad()
-def exemplar_grid(model: VAE, exemplars: Tensor, n: int, generator: torch.Generator | None = None) -> Tensor:
+def exemplar_grid(
+    model: VAE,
+    exemplars: Tensor,
+    n: int,
+    generator: torch.Generator | None = None,
+    temperature: float = 1.0,
+) -> Tensor:
     """Each row: an exemplar, then n variations of it drawn from r(z|x) and decoded.
 
     Args:
         model: the trained VAE.
         exemplars: [B, D] inputs (grey or binary).
         n: variations per exemplar.
+        generator: RNG for the variations.
+        temperature: multiplies the standard deviation of r(z|x).
 
     Returns:
         [B, 1 + n, D] pixel values in [0, 1].
     """
     model.eval()
     exemplars = exemplars.to(model.device)
-    variations = model.exemplar_variations(exemplars, n, generator)  # [B, n, D]
+    variations = model.exemplar_variations(
+        exemplars, n, generator, check_temperature(temperature)
+    )  # [B, n, D]
     return torch.cat([exemplars.unsqueeze(1), variations], dim=1)
+
+
+@torch.no_grad()
+def cyclic_chain(
+    model: VAE,
+    steps: int,
+    n_chains: int = 1,
+    generator: torch.Generator | None = None,
+    temperature: float = 1.0,
+) -> Tensor:
+    """Cyclic generation: x_0 ~ U[0, 1]^D, then x_{t+1} = decoder mean of z ~ r(z | x_t).
+
+    Each generation becomes the next exemplar (the paper's figure runs 29 steps per chain). r(z|x) is the
+    exemplar prior's kernel N(mu(x), sigma^2 I); for other priors it is q(z|x).
+
+    Args:
+        model: the trained VAE.
+        steps: number of transitions T (>= 1).
+        n_chains: independent chains (>= 1).
+        generator: RNG for x_0 and the kernel noise.
+        temperature: multiplies the kernel's standard deviation; 0 gives the deterministic map
+            x_{t+1} = decoder mean of mu(x_t).
+
+    Returns:
+        [n_chains, steps + 1, D]: column 0 is the noise x_0, column t is x_t.
+    """
+    if steps < 1:
+        raise ConfigError(f"a cyclic chain needs at least 1 step, got {steps}")
+    if n_chains < 1:
+        raise ConfigError(f"at least 1 chain is needed, got {n_chains}")
+    temperature = check_temperature(temperature)
+    model.eval()
+    data_dim = math.prod(model.image_shape)  # D
+    x = torch.rand(n_chains, data_dim, device=model.device, generator=generator)  # [C, D] x_0
+    chain = [x]
+    for _ in range(steps):
+        x = model.exemplar_variations(x, 1, generator, temperature)[:, 0]  # [C, D] x_{t+1}
+        chain.append(x)
+    return torch.stack(chain, dim=1)  # [C, T + 1, D]
+
+
+@torch.no_grad()
+def interpolate(model: VAE, x_a: Tensor, x_b: Tensor, steps: int) -> Tensor:
+    """Decoded points on the straight line between the encoder means of two inputs.
+
+    z_j = (1 - t_j) mu(x_a) + t_j mu(x_b) with t_j = j / (steps - 1), so the first and last points are
+    the decoded codes of x_a and x_b themselves.
+
+    Args:
+        model: the trained VAE.
+        x_a: [D] or [B, D] start inputs.
+        x_b: same shape as ``x_a``: end inputs.
+        steps: points per line (>= 2), endpoints included.
+
+    Returns:
+        [steps, D] for 1-D inputs, [B, steps, D] for batches; Bernoulli means.
+    """
+    if steps < 2:
+        raise ConfigError(f"interpolation needs at least 2 steps (the two endpoints), got {steps}")
+    if x_a.shape != x_b.shape or x_a.ndim not in (1, 2):
+        raise ConfigError(
+            f"interpolation endpoints must both be [D] or [B, D], got {tuple(x_a.shape)} and {tuple(x_b.shape)}"
+        )
+    model.eval()
+    single = x_a.ndim == 1
+    xa, xb = (x.reshape(-1, x.shape[-1]).to(model.device) for x in (x_a, x_b))  # [B, D] each
+    mu_a, mu_b = model.encoder.mean(xa), model.encoder.mean(xb)  # [B, d] each
+    t = torch.linspace(0, 1, steps, device=mu_a.device, dtype=mu_a.dtype).view(1, steps, 1)  # [1, S, 1]
+    z = (1 - t) * mu_a.unsqueeze(1) + t * mu_b.unsqueeze(1)  # [B, S, d]
+    x = torch.sigmoid(model.decode(z.reshape(-1, z.shape[-1]))).reshape(xa.shape[0], steps, -1)  # [B, S, D]
+    return x[0] if single else x
+
+
+@torch.no_grad()
+def interpolation_grid(model: VAE, x_a: Tensor, x_b: Tensor, steps: int) -> Tensor:
+    """Rows: the exemplar x_a, ``steps`` decoded points from mu(x_a) to mu(x_b), then x_b.
+
+    Args:
+        x_a, x_b: [B, D] inputs.
+
+    Returns:
+        [B, steps + 2, D] pixel values in [0, 1].
+    """
+    line = interpolate(model, x_a, x_b, steps)  # [B, S, D]
+    xa, xb = x_a.to(line.device).unsqueeze(1), x_b.to(line.device).unsqueeze(1)  # [B, 1, D] each
+    return torch.cat([xa, line, xb], dim=1)

@@ -55,12 +55,18 @@ class VAE(nn.Module):
         return elbo_terms(self, x, index, beta, generator)
 
     @torch.no_grad()
-    def generate(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+    def generate(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> Tensor:
         """Samples from the model, shown as decoder means (Bernoulli probabilities): [n, D].
 
         For the exemplar prior call ``prior.refresh(encoder)`` first (``load_run`` and the trainer do).
+
+        Args:
+            n: number of samples.
+            generator: RNG for the prior's draws.
+            temperature: multiplies the standard deviation of the prior's noise (see ``Prior.sample``);
+                0 decodes the component means (for the exemplar prior: the exemplars' codes).
         """
-        z = self.prior.sample(n, self.encoder, generator)  # [n, d]
+        z = self.prior.sample(n, self.encoder, generator, temperature)  # [n, d]
         return torch.sigmoid(self.decode(z))
 
     @torch.no_grad()

@@ -36,8 +36,16 @@ class Prior(nn.Module):
         """
         raise NotImplementedError
 
-    def sample(self, n: int, encoder: nn.Module, generator: torch.Generator | None = None) -> Tensor:
-        """Draw n codes from the prior: [n, d]."""
+    def sample(
+        self, n: int, encoder: nn.Module, generator: torch.Generator | None = None, temperature: float = 1.0
+    ) -> Tensor:
+        """Draw n codes from the prior: [n, d].
+
+        ``temperature`` multiplies the standard deviation of the Gaussian noise (of N(0, I), of the
+        picked mixture component, or of the kernel around the picked exemplar's code); 0 returns the
+        component means. The component choice does not depend on it, so with the same generator state
+        ``sample(T) - sample(0) == T * (sample(1) - sample(0))``.
+        """
         raise NotImplementedError
 
     def refresh(self, encoder: nn.Module) -> None:

@@ -248,12 +248,15 @@ class ExemplarPrior(Prior):
         return lambda z: candidate_log_prob(z, candidates, log_var, self.num_total)
 
     @torch.no_grad()
-    def sample(self, n: int, encoder: nn.Module, generator: torch.Generator | None = None) -> Tensor:
-        """Pick exemplars uniformly, then z ~ N(mu(x_n), sigma^2 I): [n, d]."""
-        codes = self.cache.get()
-        pick = torch.randint(codes.shape[0], (n,), device=codes.device, generator=generator)
+    def sample(
+        self, n: int, encoder: nn.Module, generator: torch.Generator | None = None, temperature: float = 1.0
+    ) -> Tensor:
+        """Pick exemplars uniformly (from the whole exemplar set, extra exemplars included), then
+        z ~ N(mu(x_n), (T sigma)^2 I): [n, d]."""
+        codes = self.cache.get()  # [N, d]
+        pick = torch.randint(codes.shape[0], (n,), device=codes.device, generator=generator)  # [n]
         eps = torch.randn(n, codes.shape[1], device=codes.device, dtype=codes.dtype, generator=generator)
-        return codes[pick] + torch.exp(0.5 * self.log_var) * eps
+        return codes[pick] + temperature * torch.exp(0.5 * self.log_var) * eps
 
     def variation_kernel(self, mean: Tensor, log_var: Tensor) -> tuple[Tensor, Tensor]:
         """r(z|x) = N(mu(x), sigma^2 I): the exemplar prior's own transition kernel."""

@@ -19,5 +19,8 @@ class GaussianPrior(Prior):
     def log_prob(self, z: Tensor, encoder: nn.Module, index: Tensor | None = None) -> Tensor:
         return log_normal_standard(z)  # [B]
 
-    def sample(self, n: int, encoder: nn.Module, generator: torch.Generator | None = None) -> Tensor:
-        return torch.randn(n, self.latent_dim, device=self._anchor.device, generator=generator)
+    def sample(
+        self, n: int, encoder: nn.Module, generator: torch.Generator | None = None, temperature: float = 1.0
+    ) -> Tensor:
+        """z ~ N(0, T^2 I): [n, d]."""
+        return temperature * torch.randn(n, self.latent_dim, device=self._anchor.device, generator=generator)

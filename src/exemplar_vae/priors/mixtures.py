@@ -35,9 +35,14 @@ def diag_mixture_log_prob(z: Tensor, means: Tensor, log_vars: Tensor, max_elemen
 
 
 def sample_diag_mixture(
-    n: int, means: Tensor, log_vars: Tensor, generator: torch.Generator | None = None
+    n: int,
+    means: Tensor,
+    log_vars: Tensor,
+    generator: torch.Generator | None = None,
+    temperature: float = 1.0,
 ) -> Tensor:
-    """Draw n codes from an equal-weight diagonal Gaussian mixture: [n, d]."""
+    """Draw n codes from an equal-weight diagonal Gaussian mixture, each component's standard deviation
+    multiplied by ``temperature``: [n, d]."""
     k = torch.randint(means.shape[0], (n,), device=means.device, generator=generator)  # [n]
     eps = torch.randn(n, means.shape[1], device=means.device, dtype=means.dtype, generator=generator)
-    return means[k] + torch.exp(0.5 * log_vars[k]) * eps
+    return means[k] + temperature * torch.exp(0.5 * log_vars[k]) * eps

@@ -25,5 +25,8 @@ class MoGPrior(Prior):
     def log_prob(self, z: Tensor, encoder: nn.Module, index: Tensor | None = None) -> Tensor:
         return diag_mixture_log_prob(z, self.means, self.log_vars)  # [B]
 
-    def sample(self, n: int, encoder: nn.Module, generator: torch.Generator | None = None) -> Tensor:
-        return sample_diag_mixture(n, self.means.detach(), self.log_vars.detach(), generator)
+    def sample(
+        self, n: int, encoder: nn.Module, generator: torch.Generator | None = None, temperature: float = 1.0
+    ) -> Tensor:
+        """Pick a component, then z ~ N(m_k, T^2 diag exp(s_k)): [n, d]."""
+        return sample_diag_mixture(n, self.means.detach(), self.log_vars.detach(), generator, temperature)

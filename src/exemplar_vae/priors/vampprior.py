@@ -35,6 +35,9 @@ class VampPrior(Prior):
         return diag_mixture_log_prob(z, means, log_vars)  # [B]
 
     @torch.no_grad()
-    def sample(self, n: int, encoder: nn.Module, generator: torch.Generator | None = None) -> Tensor:
-        means, log_vars = encoder(self.pseudo_inputs())
-        return sample_diag_mixture(n, means, log_vars, generator)
+    def sample(
+        self, n: int, encoder: nn.Module, generator: torch.Generator | None = None, temperature: float = 1.0
+    ) -> Tensor:
+        """Pick a pseudo-input u_k, then z ~ q(z|u_k) with its standard deviation times T: [n, d]."""
+        means, log_vars = encoder(self.pseudo_inputs())  # [K, d] each
+        return sample_diag_mixture(n, means, log_vars, generator, temperature)
