@@ -17,7 +17,7 @@ from torch import Tensor
 
 from exemplar_vae.config import RunConfig, validate
 from exemplar_vae.data import DataSplits, load_dataset
-from exemplar_vae.data.registry import _npz_images, _read_npz  # the .npz reader of load_dataset
+from exemplar_vae.data.registry import npz_images, read_npz  # the .npz reader load_dataset uses
 from exemplar_vae.errors import CheckpointError, ConfigError, DataError
 from exemplar_vae.evaluation import DEFAULT_KS, evaluate_density, knn_probe, tsne_plot
 from exemplar_vae.generation import (
@@ -140,7 +140,7 @@ def load_exemplars_npz(path: str | Path, data: DataSplits) -> Tensor:
             range, or its D differs from the model's.
     """
     path = Path(path).expanduser()
-    x, image_shape = _npz_images(_read_npz(path), "x", path)  # [n, D]
+    x, image_shape = npz_images(read_npz(path), "x", path)  # [n, D]
     if x.shape[1] != data.data_dim:
         raise DataError(
             f"{path}: x holds images of shape {image_shape} (D={x.shape[1]}), but the model was trained on "

@@ -346,7 +346,7 @@ def load_digits(data_dir: Path | None = None, download: bool = True) -> DataSpli
 _NPZ_KEYS = ("x", "y", "x_val", "y_val", "x_test", "y_test")
 
 
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
+def read_npz(path: Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise DataError(f"dataset file {path} does not exist")
     try:
@@ -403,7 +403,7 @@ def _npz_unit_values(array: np.ndarray, path: Path, key: str) -> np.ndarray:
     return array.astype(np.float32)
 
 
-def _npz_images(
+def npz_images(
     arrays: Mapping[str, np.ndarray], key: str, path: Path
 ) -> tuple[Tensor, tuple[int, int, int]]:
     """Array ``key`` as [N, D] float32 in [0, 1], and its (C, H, W)."""
@@ -436,7 +436,7 @@ def _npz_given_split(
         if y_key in arrays:
             raise DataError(f"{path}: has {y_key} but no {x_key}")
         return None
-    x, shape = _npz_images(arrays, x_key, path)
+    x, shape = npz_images(arrays, x_key, path)
     if shape != image_shape:
         raise DataError(f"{path}: {x_key} has image shape {shape} but x has {image_shape}")
     return x, _npz_labels(arrays, y_key, len(x), path)
@@ -462,8 +462,8 @@ def load_npz(path: str | Path) -> DataSplits:
             out of range, mismatched label lengths, or too few examples to split (at least 3).
     """
     path = Path(path).expanduser()
-    arrays = _read_npz(path)
-    x, image_shape = _npz_images(arrays, "x", path)
+    arrays = read_npz(path)
+    x, image_shape = npz_images(arrays, "x", path)
     y = _npz_labels(arrays, "y", len(x), path)
     val = _npz_given_split(arrays, "val", image_shape, path)
     test = _npz_given_split(arrays, "test", image_shape, path)
