@@ -161,7 +161,7 @@ def default_data_dir(name: str) -> Path:
     Raises:
         ConfigError: ``name`` is not a dataset with data files.
     """
-    name = _canonical_name(name)
+    name = canonical_name(name)
     source = _idx_source(name)
     for folder in _search_dirs(name, None):
         if _find_all(folder, source) is not None:
@@ -343,7 +343,15 @@ def load_digits(data_dir: Path | None = None, download: bool = True) -> DataSpli
 
 # --------------------------------------------------------------------------- .npz files
 
-_NPZ_KEYS = ("x", "y", "x_val", "y_val", "x_test", "y_test")
+_NPZ_KEYS = (
+    "x",
+    "y",
+    "x_val",
+    "y_val",
+    "x_test",
+    "y_test",
+    "source_index",
+)  # source_index: written by augment
 
 
 def read_npz(path: Path) -> dict[str, np.ndarray]:
@@ -403,9 +411,7 @@ def _npz_unit_values(array: np.ndarray, path: Path, key: str) -> np.ndarray:
     return array.astype(np.float32)
 
 
-def npz_images(
-    arrays: Mapping[str, np.ndarray], key: str, path: Path
-) -> tuple[Tensor, tuple[int, int, int]]:
+def npz_images(arrays: Mapping[str, np.ndarray], key: str, path: Path) -> tuple[Tensor, tuple[int, int, int]]:
     """Array ``key`` as [N, D] float32 in [0, 1], and its (C, H, W)."""
     array = arrays[key]
     if array.ndim == 0 or array.shape[0] == 0:
@@ -501,7 +507,7 @@ DATASETS: dict[str, Loader] = {
 }
 
 
-def _canonical_name(name: str) -> str:
+def canonical_name(name: str) -> str:
     key = name.strip().lower()
     return _ALIASES.get(key, key)
 
@@ -542,7 +548,7 @@ def load_dataset(
         ConfigError: unknown name, or ``train_size`` out of range.
         DataError: missing or bad data files.
     """
-    key = _canonical_name(str(name))
+    key = canonical_name(str(name))
     folder = Path(data_dir).expanduser() if data_dir is not None else None
     if key in DATASETS:
         splits = DATASETS[key](folder, download)
