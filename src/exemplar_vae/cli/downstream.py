@@ -44,9 +44,9 @@ def add_parsers(sub: Any) -> None:
         "classify",
         help="the paper's MLP classifier with and without Exemplar VAE augmentation: test error table",
         description="Train the permutation-invariant MLP (2 hidden ReLU layers, label smoothing 0.1, SGD "
-        "momentum 0.9, lr decayed linearly to 1%%, batch 100) on the grey training images for each seed, "
+        "momentum 0.9, lr decayed linearly to 1%, batch 100) on the grey training images for each seed, "
         "without augmentation and, with --augment, with loss real_weight*CE(real) + (1-real_weight)*CE(one "
-        "fresh variation of each image); print the test error (%%) mean ± std over seeds as a markdown table.",
+        "fresh variation of each image); print the test error (%) mean ± std over seeds as a markdown table.",
     )
     p.add_argument("--dataset", required=True, help="fashion-mnist, mnist, digits, or PATH.npz")
     p.add_argument(
