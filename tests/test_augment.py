@@ -12,26 +12,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from exemplar_vae.cli.main import main
-from exemplar_vae.config import DataConfig, ModelConfig, PriorConfig, RunConfig, TrainConfig
 from exemplar_vae.data import DataSplits, identity_collate, load_dataset
 from exemplar_vae.errors import ConfigError, DataError
 from exemplar_vae.generation import AugmentedDataset, ExemplarAugmenter, round_to_8bit
 from exemplar_vae.models.vae import VAE
-from exemplar_vae.pipeline import load_run, train
+from exemplar_vae.pipeline import load_run
 from exemplar_vae.priors import ExemplarPrior
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("augment") / "run"
-    config = RunConfig(
-        data=DataConfig(dataset="digits"),
-        model=ModelConfig(hidden=32, latent_dim=8),
-        prior=PriorConfig(name="exemplar", knn=5),
-        train=TrainConfig(epochs=2, warmup=1, seed=0, device="cpu"),
-    )
-    train(config, out, progress=False)
-    return out
 
 
 @pytest.fixture(scope="module")

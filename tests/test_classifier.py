@@ -12,30 +12,15 @@ import torch
 from torch import Tensor
 
 from exemplar_vae.cli.main import main
-from exemplar_vae.config import DataConfig, ModelConfig, PriorConfig, RunConfig, TrainConfig
 from exemplar_vae.data import DataSplits, load_dataset
 from exemplar_vae.errors import ConfigError
 from exemplar_vae.evaluation import build_classifier, classification_table, train_classifier
 from exemplar_vae.evaluation.classifier import lr_at_epoch, smoothed_cross_entropy
-from exemplar_vae.pipeline import train
 
 
 @pytest.fixture(scope="module")
 def digits() -> DataSplits:
     return load_dataset("digits")
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("classify") / "run"
-    config = RunConfig(
-        data=DataConfig(dataset="digits"),
-        model=ModelConfig(hidden=32, latent_dim=8),
-        prior=PriorConfig(name="exemplar", knn=5),
-        train=TrainConfig(epochs=2, warmup=1, seed=0, device="cpu"),
-    )
-    train(config, out, progress=False)
-    return out
 
 
 def test_label_smoothing_targets_the_papers_values() -> None:

@@ -14,13 +14,12 @@ import torch
 from PIL import Image
 
 from exemplar_vae.cli.main import main
-from exemplar_vae.config import DataConfig, ModelConfig, PriorConfig, RunConfig, TrainConfig
+from exemplar_vae.config import ModelConfig, PriorConfig
 from exemplar_vae.data import DataSplits, fixed_binarize, load_dataset
 from exemplar_vae.data.registry import TEST_BINARIZE_SEED, VAL_BINARIZE_SEED
 from exemplar_vae.errors import ConfigError
 from exemplar_vae.evaluation import knn_probe, majority_vote, probe_table, tsne_plot
 from exemplar_vae.models.vae import VAE, build_vae
-from exemplar_vae.pipeline import train
 
 
 @pytest.fixture(scope="module")
@@ -147,19 +146,6 @@ def test_tsne_plot_writes_png(model: VAE, digits: DataSplits, tmp_path: Path) ->
 
 
 # --------------------------------------------------------------------------- exemplar-vae probe
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("probe") / "run"
-    config = RunConfig(
-        data=DataConfig(dataset="digits"),
-        model=ModelConfig(hidden=32, latent_dim=8),
-        prior=PriorConfig(name="exemplar", knn=5),
-        train=TrainConfig(epochs=1, warmup=1, seed=0, device="cpu"),
-    )
-    train(config, out, progress=False)
-    return out
 
 
 def test_cli_probe_table_json_and_tsne(

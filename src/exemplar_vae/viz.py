@@ -44,12 +44,29 @@ def save_image_grid(images: Tensor, image_shape: tuple[int, ...], path: str | Pa
     return Path(path)
 
 
-def plot_training_curves(history: list[dict[str, Any]], path: str | Path) -> Path:
-    """Plot train/validation loss (and the exemplar prior's log-variance if present) per epoch as PNG."""
+def _pyplot():  # noqa: ANN202
+    """matplotlib.pyplot on the file-only Agg backend (imported lazily: it is slow to import)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save_figure(fig, path: str | Path) -> Path:  # noqa: ANN001
+    """Write a matplotlib figure as PNG atomically and close it."""
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    _pyplot().close(fig)
+    atomic_write_bytes(Path(path), buf.getvalue())
+    return Path(path)
+
+
+def plot_training_curves(history: list[dict[str, Any]], path: str | Path) -> Path:
+    """Plot train/validation loss (and the exemplar prior's log-variance if present) per epoch as PNG."""
+    plt = _pyplot()
 
     epochs = [m["epoch"] for m in history]
     has_var = any("prior_log_var" in m for m in history)
@@ -67,12 +84,7 @@ def plot_training_curves(history: list[dict[str, Any]], path: str | Path) -> Pat
         ax2.set_xlabel("epoch")
         ax2.set_ylabel("exemplar prior log sigma^2")
         ax2.grid(alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(Path(path), buf.getvalue())
-    return Path(path)
+    return _save_figure(fig, path)
 
 
 def plot_embedding(
@@ -91,10 +103,7 @@ def plot_embedding(
         title: the figure's title.
         label_names: names of labels 0, 1, ... for the legend (default: the numbers).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     classes = sorted(int(c) for c in np.unique(labels))
     cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
@@ -110,9 +119,4 @@ def plot_embedding(
     if title:
         ax.set_title(title)
     ax.legend(markerscale=3, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(Path(path), buf.getvalue())
-    return Path(path)
+    return _save_figure(fig, path)
