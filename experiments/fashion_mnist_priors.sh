@@ -5,7 +5,8 @@
 #   experiments/fashion_mnist_priors.sh                 # all four priors, one after another
 #   PRIORS="gaussian mog" experiments/fashion_mnist_priors.sh   # a subset (e.g. to run two queues)
 #
-# Budget knobs (defaults = the README table): EPOCHS, WARMUP, SEED, LIMIT (test points), SAMPLES (S).
+# Budget knobs (defaults = the README table): EPOCHS, WARMUP, SEED, SAMPLES (S), LIMIT (test points;
+# default: all 10,000). Afterwards: `exemplar-vae table runs/fashion/{gaussian,mog,vampprior,exemplar}`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CLI=${CLI:-.venv/bin/exemplar-vae}
@@ -14,7 +15,7 @@ PRIORS=${PRIORS:-"gaussian mog vampprior exemplar"}
 EPOCHS=${EPOCHS:-40}
 WARMUP=${WARMUP:-10}
 SEED=${SEED:-1}
-LIMIT=${LIMIT:-1000}
+LIMIT=${LIMIT:-}
 SAMPLES=${SAMPLES:-1000}
 
 for prior in $PRIORS; do
@@ -25,5 +26,5 @@ for prior in $PRIORS; do
     "$CLI" train --dataset fashion-mnist --prior "$prior" --epochs "$EPOCHS" --warmup "$WARMUP" \
       --early-stopping 0 --seed "$SEED" --out "$run" --no-progress
   fi
-  "$CLI" evaluate "$run" --limit "$LIMIT" --samples "$SAMPLES" --no-progress
+  "$CLI" evaluate "$run" ${LIMIT:+--limit "$LIMIT"} --samples "$SAMPLES" --check-exact 100 --no-progress
 done
