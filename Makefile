@@ -49,6 +49,7 @@ bench: setup data
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/mypy src --ignore-missing-imports
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

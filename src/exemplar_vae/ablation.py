@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from exemplar_vae import pipeline
-from exemplar_vae.config import RunConfig, validate
+from exemplar_vae.config import RunConfig, TrainConfig, validate
 from exemplar_vae.data import DataSplits
 from exemplar_vae.errors import ConfigError
 from exemplar_vae.training.checkpoint import atomic_write_text
@@ -134,7 +134,7 @@ def plan_ablation(
     points = [point("base", "base", base_setting, base_m, base_k, base_loo)]
     notes: list[str] = []
     as_base: list[str] = []  # grid points equal to the base: shown once, as the base row
-    seen = {(base_m, base_k, base_loo): "base"}
+    seen: dict[tuple[int | None, int, bool], str] = {(base_m, base_k, base_loo): "base"}
 
     def add(candidate: AblationPoint) -> None:
         q = candidate.config.prior
@@ -196,9 +196,12 @@ def _finished(history: list[dict[str, Any]], epochs: int, warmup: int, patience:
 
 def _same_run(saved: RunConfig, wanted: RunConfig) -> bool:
     """Same data, networks, prior and training, up to the number of epochs and the device."""
-    ignore = {"epochs": 0, "device": "cpu"}
+
+    def loose(t: TrainConfig) -> TrainConfig:
+        return dataclasses.replace(t, epochs=0, device="cpu")
+
     return (saved.data, saved.model, saved.prior) == (wanted.data, wanted.model, wanted.prior) and (
-        dataclasses.replace(saved.train, **ignore) == dataclasses.replace(wanted.train, **ignore)
+        loose(saved.train) == loose(wanted.train)
     )
 
 

@@ -37,7 +37,7 @@ def save_image_grid(images: Tensor, image_shape: tuple[int, ...], path: str | Pa
 
     img = Image.fromarray(grid_array(images, image_shape))
     if scale != 1:
-        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+        img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     atomic_write_bytes(Path(path), buf.getvalue())

@@ -51,10 +51,10 @@ def evaluate_density(
     """
     model.eval()
     model.prior.refresh(model.encoder)
-    prior = model.prior
-    truncating = isinstance(prior, ExemplarPrior) and candidates is not None and candidates < prior.num_total
-    if truncating:
-        prior.eval_candidates = candidates  # type: ignore[union-attr]
+    prior = model.prior if isinstance(model.prior, ExemplarPrior) else None
+    truncating = prior is not None and candidates is not None and candidates < prior.num_total
+    if prior is not None and truncating:
+        prior.eval_candidates = candidates
     x = x.to(model.device)
     start = time.perf_counter()
     ll, elbo = _score(model, x, num_samples, batch_size, seed, progress)
@@ -76,7 +76,8 @@ def evaluate_density(
             result["truncation_check"] = _check_truncation(
                 model, x, ll, num_samples, batch_size, seed, check_exact
             )
-        prior.eval_candidates = None  # type: ignore[union-attr]
+        if prior is not None:
+            prior.eval_candidates = None
     return result
 
 
@@ -107,13 +108,14 @@ def _check_truncation(
     """
     n = min(x.shape[0], math.ceil(points / batch_size) * batch_size)  # whole batches: identical samples
     prior = model.prior
-    saved, prior.eval_candidates = prior.eval_candidates, None  # type: ignore[union-attr]
+    assert isinstance(prior, ExemplarPrior)
+    saved, prior.eval_candidates = prior.eval_candidates, None
     start = time.perf_counter()
     try:
         # same batches as the truncated pass (noise is seeded per batch), so the samples are identical
         exact_ll, _ = _score(model, x[:n], num_samples, batch_size, seed, progress=False)
     finally:
-        prior.eval_candidates = saved  # type: ignore[union-attr]
+        prior.eval_candidates = saved
     diff = (exact_ll - truncated_ll[:n]).double()
     return {
         "points": n,

@@ -257,7 +257,7 @@ def augment_run(
     c, h, w = data.image_shape
     x_all = np.concatenate(xs)  # [n, D]
     x_all = x_all.reshape(-1, h, w) if c == 1 else x_all.reshape(-1, c, h, w)
-    arrays = {
+    arrays: dict[str, Any] = {
         "x": x_all,
         "y": np.concatenate(ys).astype(np.int64),
         "source_index": np.repeat(np.arange(sources, dtype=np.int64), per_example),

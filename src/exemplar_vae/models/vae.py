@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from exemplar_vae.config import ModelConfig, PriorConfig
 from exemplar_vae.errors import ConfigError
 from exemplar_vae.functional import reparameterize
+from exemplar_vae.interfaces import Encoder
 from exemplar_vae.models.decoders import MLPDecoder
 from exemplar_vae.models.encoders import MLPEncoder
 from exemplar_vae.priors import Prior, build_prior
@@ -26,7 +27,11 @@ class VAE(nn.Module):
         image_shape: (C, H, W) of one example, for pictures.
     """
 
-    def __init__(self, encoder: nn.Module, decoder: nn.Module, prior: Prior, image_shape: tuple[int, ...]):
+    encoder: Encoder
+    decoder: nn.Module
+    prior: Prior
+
+    def __init__(self, encoder: Encoder, decoder: nn.Module, prior: Prior, image_shape: tuple[int, ...]):
         super().__init__()
         self.encoder, self.decoder, self.prior = encoder, decoder, prior
         self.image_shape = tuple(image_shape)

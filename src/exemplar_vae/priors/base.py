@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from exemplar_vae.interfaces import Encoder
+
 
 class Prior(nn.Module):
     """Base class: log_prob(z) -> [B], sample(n) -> [n, d], and an explicit refresh hook."""
@@ -22,7 +24,7 @@ class Prior(nn.Module):
         super().__init__()
         self.latent_dim = latent_dim
 
-    def log_prob(self, z: Tensor, encoder: nn.Module, index: Tensor | None = None) -> Tensor:
+    def log_prob(self, z: Tensor, encoder: Encoder, index: Tensor | None = None) -> Tensor:
         """log p(z) in nats.
 
         Args:
@@ -37,7 +39,7 @@ class Prior(nn.Module):
         raise NotImplementedError
 
     def sample(
-        self, n: int, encoder: nn.Module, generator: torch.Generator | None = None, temperature: float = 1.0
+        self, n: int, encoder: Encoder, generator: torch.Generator | None = None, temperature: float = 1.0
     ) -> Tensor:
         """Draw n codes from the prior: [n, d].
 
@@ -48,11 +50,11 @@ class Prior(nn.Module):
         """
         raise NotImplementedError
 
-    def refresh(self, encoder: nn.Module) -> None:
+    def refresh(self, encoder: Encoder) -> None:
         """Recompute whatever the prior caches from the encoder (called by the training loop and by
         evaluation, never by a loss). Default: nothing to cache."""
 
-    def batch_scorer(self, mean: Tensor, encoder: nn.Module) -> Callable[[Tensor], Tensor]:
+    def batch_scorer(self, mean: Tensor, encoder: Encoder) -> Callable[[Tensor], Tensor]:
         """A function scoring codes drawn around a batch of test points, for importance sampling.
 
         Args:

@@ -38,6 +38,7 @@ from exemplar_vae.functional import (
     masked_log_mean_exp,
     squared_distances,
 )
+from exemplar_vae.interfaces import Encoder
 from exemplar_vae.priors.base import Prior
 from exemplar_vae.retrieval import CodeCache, knn_search
 
@@ -174,7 +175,7 @@ class ExemplarPrior(Prior):
         self.exemplars = exemplars.to(self.log_var.device)
         self.cache.invalidate()
 
-    def refresh(self, encoder: nn.Module) -> None:
+    def refresh(self, encoder: Encoder) -> None:
         """Encode all exemplars into the code cache (an explicit call from the training loop)."""
         self.cache.refresh(encoder, self.exemplars)
 
@@ -193,7 +194,7 @@ class ExemplarPrior(Prior):
         member[subset] = True
         return m - member[index].double()  # [B]
 
-    def exact_log_prob(self, z: Tensor, encoder: nn.Module, index: Tensor | None, subset: Tensor) -> Tensor:
+    def exact_log_prob(self, z: Tensor, encoder: Encoder, index: Tensor | None, subset: Tensor) -> Tensor:
         """log p(z) over every exemplar of ``subset``, encoded with gradient: [B, d] -> [B]."""
         centers = encoder.mean(self.exemplars[subset])  # [M, d]
         log_k = exemplar_log_kernel(z, centers, self.log_var)  # [B, M]
@@ -211,7 +212,7 @@ class ExemplarPrior(Prior):
         _, nearest = knn_search(z.detach(), codes, k, self.search_backend)  # [B, k] rows of subset
         return torch.unique(subset[nearest.reshape(-1)])  # [U]
 
-    def knn_log_prob(self, z: Tensor, encoder: nn.Module, index: Tensor | None, subset: Tensor) -> Tensor:
+    def knn_log_prob(self, z: Tensor, encoder: Encoder, index: Tensor | None, subset: Tensor) -> Tensor:
         """Retrieval lower bound on ``exact_log_prob``: the mixture over the retrieved union only."""
         union = self.retrieve(z, index, subset)  # [U]
         centers = encoder.mean(self.exemplars[union])  # [U, d], re-encoded with gradient
@@ -220,7 +221,7 @@ class ExemplarPrior(Prior):
         return masked_log_mean_exp(log_k, mask, self._normaliser(index, subset)).to(z.dtype)
 
     # -- the Prior interface -------------------------------------------------------------------------
-    def log_prob(self, z: Tensor, encoder: nn.Module, index: Tensor | None = None) -> Tensor:
+    def log_prob(self, z: Tensor, encoder: Encoder, index: Tensor | None = None) -> Tensor:
         if not self.training:
             return self.full_log_prob(z)
         if self.leave_one_out and index is None:
@@ -234,7 +235,7 @@ class ExemplarPrior(Prior):
         """The test-time prior over all N cached exemplar codes, no leave-one-out: [B, d] -> [B]."""
         return streaming_exemplar_log_prob(z, self.cache.get(), self.log_var.detach())
 
-    def batch_scorer(self, mean: Tensor, encoder: nn.Module) -> Callable[[Tensor], Tensor]:
+    def batch_scorer(self, mean: Tensor, encoder: Encoder) -> Callable[[Tensor], Tensor]:
         """Importance-sampling scorer; with ``eval_candidates = K`` it keeps, for each test point, only the
         K exemplars whose cached codes are nearest the point's encoder mean (faiss search), which makes
         the prior term K/N times cheaper and the estimate a lower bound on the full-prior one."""
@@ -249,7 +250,7 @@ class ExemplarPrior(Prior):
 
     @torch.no_grad()
     def sample(
-        self, n: int, encoder: nn.Module, generator: torch.Generator | None = None, temperature: float = 1.0
+        self, n: int, encoder: Encoder, generator: torch.Generator | None = None, temperature: float = 1.0
     ) -> Tensor:
         """Pick exemplars uniformly (from the whole exemplar set, extra exemplars included), then
         z ~ N(mu(x_n), (T sigma)^2 I): [n, d]."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from exemplar_vae.interfaces import Encoder
 from exemplar_vae.priors.base import Prior
 from exemplar_vae.priors.mixtures import diag_mixture_log_prob, sample_diag_mixture
 
@@ -22,11 +23,11 @@ class MoGPrior(Prior):
         self.means = nn.Parameter(torch.randn(components, latent_dim))
         self.log_vars = nn.Parameter(torch.zeros(components, latent_dim))
 
-    def log_prob(self, z: Tensor, encoder: nn.Module, index: Tensor | None = None) -> Tensor:
+    def log_prob(self, z: Tensor, encoder: Encoder, index: Tensor | None = None) -> Tensor:
         return diag_mixture_log_prob(z, self.means, self.log_vars)  # [B]
 
     def sample(
-        self, n: int, encoder: nn.Module, generator: torch.Generator | None = None, temperature: float = 1.0
+        self, n: int, encoder: Encoder, generator: torch.Generator | None = None, temperature: float = 1.0
     ) -> Tensor:
         """Pick a component, then z ~ N(m_k, T^2 diag exp(s_k)): [n, d]."""
         return sample_diag_mixture(n, self.means.detach(), self.log_vars.detach(), generator, temperature)

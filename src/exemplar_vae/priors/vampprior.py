@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from exemplar_vae.interfaces import Encoder
 from exemplar_vae.priors.base import Prior
 from exemplar_vae.priors.mixtures import diag_mixture_log_prob, sample_diag_mixture
 
@@ -30,13 +31,13 @@ class VampPrior(Prior):
         """u_k in [0, 1]: [K, D]."""
         return F.hardtanh(self.pseudo_raw, 0.0, 1.0)
 
-    def log_prob(self, z: Tensor, encoder: nn.Module, index: Tensor | None = None) -> Tensor:
+    def log_prob(self, z: Tensor, encoder: Encoder, index: Tensor | None = None) -> Tensor:
         means, log_vars = encoder(self.pseudo_inputs())  # [K, d], [K, d]
         return diag_mixture_log_prob(z, means, log_vars)  # [B]
 
     @torch.no_grad()
     def sample(
-        self, n: int, encoder: nn.Module, generator: torch.Generator | None = None, temperature: float = 1.0
+        self, n: int, encoder: Encoder, generator: torch.Generator | None = None, temperature: float = 1.0
     ) -> Tensor:
         """Pick a pseudo-input u_k, then z ~ q(z|u_k) with its standard deviation times T: [n, d]."""
         means, log_vars = encoder(self.pseudo_inputs())  # [K, d] each

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
+
+from exemplar_vae.interfaces import Encoder
 
 
 @torch.no_grad()
-def encode_means(encoder: nn.Module, x: Tensor, batch_size: int = 2000) -> Tensor:
+def encode_means(encoder: Encoder, x: Tensor, batch_size: int = 2000) -> Tensor:
     """mu_phi(x) for many inputs without gradient, in batches: [N, D] -> [N, d].
 
     The encoder is put in eval mode for the pass and restored afterwards.
@@ -31,7 +33,7 @@ class CodeCache:
     def __init__(self) -> None:
         self.codes: Tensor | None = None  # [N, d]
 
-    def refresh(self, encoder: nn.Module, exemplars: Tensor) -> Tensor:
+    def refresh(self, encoder: Encoder, exemplars: Tensor) -> Tensor:
         """Encode all exemplars and store their means; returns the [N, d] codes."""
         self.codes = encode_means(encoder, exemplars)
         return self.codes

@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 try:  # faiss is a dependency, but keep the package importable without it
     import faiss  # type: ignore[import-untyped]
 except ImportError:  # pragma: no cover - exercised only where faiss is missing
-    faiss = None
+    faiss = None  # type: ignore[assignment]
 
 BACKENDS = ("auto", "faiss", "torch")
 
@@ -48,10 +48,10 @@ def knn_search(queries: Tensor, base: Tensor, k: int, backend: str = "auto") -> 
             )
         q = np.ascontiguousarray(queries.detach().cpu().numpy(), dtype=np.float32)
         b = np.ascontiguousarray(base.detach().cpu().numpy(), dtype=np.float32)
-        dist, idx = faiss.knn(q, b, k)
+        dist_np, idx_np = faiss.knn(q, b, k)
         return (
-            torch.from_numpy(dist).to(queries.device),
-            torch.from_numpy(idx).to(device=queries.device, dtype=torch.int64),
+            torch.from_numpy(dist_np).to(queries.device),
+            torch.from_numpy(idx_np).to(device=queries.device, dtype=torch.int64),
         )
     d = squared_distances(queries.detach().float(), base.detach().float())  # [B, M]
     dist, idx = torch.topk(d, k, dim=1, largest=False, sorted=True)  # [B, k]
