@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import reference as ref
 import torch
 
@@ -71,3 +72,51 @@ def test_truncated_evaluation_is_a_lower_bound_and_its_check_is_exact() -> None:
     same = evaluate_density(model, x, num_samples=200, batch_size=10, progress=False, candidates=300)
     assert same["prior_eval"] == "exact" and same["log_likelihood"] == exact["log_likelihood"]
     assert model.prior.eval_candidates is None
+
+
+@pytest.mark.parametrize("case", ["spread", "wide_sigma", "duplicates", "ties", "narrow_sigma"])
+def test_certified_bounds_contain_the_full_prior(case: str) -> None:
+    """lower <= full-prior log p(z) <= upper for every code, in adversarial set-ups too."""
+    g = torch.Generator().manual_seed(3)
+    d, n = 4, 600
+    codes = torch.randn(n, d, generator=g) * (0.2 if case == "narrow_sigma" else 1.0)
+    if case == "duplicates":
+        codes[300:] = codes[:300]  # every exemplar twice
+    if case == "ties":
+        codes = torch.round(codes * 2) / 2  # many equal distances
+    log_var = {"wide_sigma": 3.0, "narrow_sigma": -5.0}.get(case, -1.0)
+    prior = ExemplarPrior(torch.zeros(n, 1), d, knn=0)
+    prior.cache.codes = codes
+    prior.eval()
+    with torch.no_grad():
+        prior.log_var.fill_(log_var)
+    prior.eval_candidates = 40
+    mean = codes[:6] + 0.1 * torch.randn(6, d, generator=g)
+    z = mean.unsqueeze(0) + 0.5 * torch.randn(30, 6, d, generator=g)  # [S, B, d]
+    lower, upper = prior.batch_bounds(mean, None)(z)  # type: ignore[arg-type]
+    expect = ref.isotropic_exemplar_log_prob(
+        z.reshape(-1, d).double().numpy(), codes.double().numpy(), log_var
+    )
+    full = torch.from_numpy(expect).reshape(30, 6)
+    assert (lower.double() <= full + 1e-4).all()
+    assert (upper >= full - 1e-9).all()
+    if case == "wide_sigma":  # with a kernel this wide the dropped mass is tight to bound
+        assert (upper - full).max() < 0.5
+
+
+def test_certified_evaluation_brackets_the_exact_estimate() -> None:
+    model, x = tiny_model()
+    exact = evaluate_density(model, x, num_samples=200, batch_size=10, progress=False)
+    cert = evaluate_density(
+        model, x, num_samples=200, batch_size=10, progress=False, candidates=30, certify=True
+    )
+    c = cert["certified"]
+    assert cert["log_likelihood"] <= exact["log_likelihood"] + 1e-5 <= c["log_likelihood_upper"] + 2e-5
+    gap = exact["log_likelihood"] - cert["log_likelihood"]
+    assert c["mean_bound"] >= gap - 1e-5 and c["max_bound"] >= c["mean_bound"]
+    assert 0.0 <= c["fraction_below_0.01"] <= 1.0
+    plain = evaluate_density(model, x, num_samples=200, batch_size=10, progress=False, candidates=30)
+    assert (
+        plain["log_likelihood"] == pytest.approx(cert["log_likelihood"], abs=1e-9)
+        and "certified" not in plain
+    )

@@ -263,13 +263,15 @@ def evaluate_run(
     seed: int = 0,
     candidates: int | None = None,
     check_exact: int = 0,
+    certify: bool = False,
     extra_exemplars: Tensor | str | Path | None = None,
     add_val_exemplars: bool = False,
     out: str | Path | None = None,
 ) -> dict[str, Any]:
     """Importance-sampled log-likelihood and ELBO of a run's best model; saved to RUN_DIR/evaluation.json.
 
-    The exemplar prior uses the whole training set as exemplars, without leave-one-out; ``candidates``
+    The exemplar prior uses the whole training set as exemplars, without leave-one-out; ``candidates``,
+    ``certify``
     and ``check_exact`` are as in ``evaluation.evaluate_density``. ``extra_exemplars`` and
     ``add_val_exemplars`` enlarge the exemplar set without retraining (see ``load_run``); the result
     records "exemplars" (the number in use), "train_examples", "extra_exemplars" (0 when none were added)
@@ -299,7 +301,7 @@ def evaluate_run(
         x = x[:limit]
     result = evaluate_density(
         model, x, num_samples, batch_size, seed=seed, progress=progress, candidates=candidates,
-        check_exact=check_exact,
+        check_exact=check_exact, certify=certify,
     )  # fmt: skip
     in_use = model.prior.num_total if isinstance(model.prior, ExemplarPrior) else data.num_train
     result.update(

@@ -10,6 +10,7 @@ S-sample average ELBO, mean_s log w_s, a lower-variance estimate of the ELBO tha
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
@@ -24,6 +25,24 @@ class LikelihoodEstimate(NamedTuple):
 
     log_likelihood: Tensor  # [B] log (1/S) sum_s w_s
     elbo: Tensor  # [B] (1/S) sum_s log w_s
+
+
+def _proposal_terms(
+    model: VAE, x: Tensor, num_samples: int, max_rows: int, generator: torch.Generator | None
+) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """Chunks of (z [s, B, d], log p(x|z) - log q(z|x) [s, B] float64, encoder mean [B, d]), z ~ q(z|x).
+
+    The encoder runs once; the decoder streams over chunks of at most ``max_rows`` codes."""
+    b = x.shape[0]
+    mean, log_var = model.encode(x)  # [B, d]
+    chunk = max(1, max_rows // max(1, b))
+    for start in range(0, num_samples, chunk):
+        s = min(chunk, num_samples - start)
+        eps = torch.randn((s, b, mean.shape[1]), dtype=mean.dtype, device=mean.device, generator=generator)
+        z = reparameterize(mean, log_var, eps)  # [s, B, d]
+        log_q = log_normal_diag(z, mean, log_var)  # [s, B]
+        log_px = log_bernoulli_logits(x, model.decode(z))  # [s, B]
+        yield z, log_px.double() - log_q.double(), mean
 
 
 @torch.no_grad()
@@ -42,20 +61,32 @@ def log_weights(
     Returns:
         [S, B] log-weights (float64).
     """
-    b = x.shape[0]
-    mean, log_var = model.encode(x)  # [B, d]
-    score_prior = model.prior.batch_scorer(mean, model.encoder)  # z [s, B, d] -> log p(z) [s, B]
-    chunk = max(1, max_rows // max(1, b))
-    out = []
-    for start in range(0, num_samples, chunk):
-        s = min(chunk, num_samples - start)
-        eps = torch.randn((s, b, mean.shape[1]), dtype=mean.dtype, device=mean.device, generator=generator)
-        z = reparameterize(mean, log_var, eps)  # [s, B, d]
-        log_q = log_normal_diag(z, mean, log_var)  # [s, B]
-        log_px = log_bernoulli_logits(x, model.decode(z))  # [s, B]
-        log_pz = score_prior(z)  # [s, B]
-        out.append(log_px.double() + log_pz.double() - log_q.double())
+    out, score_prior = [], None
+    for z, base, mean in _proposal_terms(model, x, num_samples, max_rows, generator):
+        if score_prior is None:
+            score_prior = model.prior.batch_scorer(mean, model.encoder)  # z [s, B, d] -> log p(z) [s, B]
+        out.append(base + score_prior(z).double())
     return torch.cat(out)  # [S, B]
+
+
+@torch.no_grad()
+def log_weight_bounds(
+    model: VAE, x: Tensor, num_samples: int, max_rows: int = 20000, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
+    """Lower and upper bounds on the log-weights of ``log_weights`` (same samples for the same generator
+    state), from the prior's ``batch_bounds``; equal where the prior is scored exactly.
+
+    Returns:
+        ([S, B], [S, B]) float64.
+    """
+    lows, ups, bounds = [], [], None
+    for z, base, mean in _proposal_terms(model, x, num_samples, max_rows, generator):
+        if bounds is None:
+            bounds = model.prior.batch_bounds(mean, model.encoder)
+        lo, up = bounds(z)
+        lows.append(base + lo.double())
+        ups.append(base + up.double())
+    return torch.cat(lows), torch.cat(ups)
 
 
 def importance_sampled_log_likelihood(

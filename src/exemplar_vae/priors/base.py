@@ -72,6 +72,17 @@ class Prior(nn.Module):
 
         return score
 
+    def batch_bounds(self, mean: Tensor, encoder: Encoder) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
+        """Like ``batch_scorer``, but f(z [S, B, d]) -> (lower, upper) bounds on log p(z) [S, B]. A prior
+        scored exactly returns its value twice; the truncated exemplar prior returns a certified interval."""
+        score = self.batch_scorer(mean, encoder)
+
+        def bounds(z: Tensor) -> tuple[Tensor, Tensor]:
+            value = score(z)
+            return value, value
+
+        return bounds
+
     def variation_kernel(self, mean: Tensor, log_var: Tensor) -> tuple[Tensor, Tensor]:
         """Distribution used to draw variations of an input whose q(z|x) is N(mean, exp(log_var)).
 

@@ -121,6 +121,76 @@ def candidate_log_prob(z: Tensor, candidates: Tensor, log_var: Tensor, num_total
     return (lse - 0.5 * d * (LOG_2PI + log_var.to(z.dtype)) - math.log(num_total)).transpose(0, 1)
 
 
+def build_clusters(
+    codes: Tensor, num_clusters: int, iters: int = 10, seed: int = 0
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Partition exemplar codes with a few Lloyd (k-means) iterations, for distance bounds.
+
+    The bounds built on this partition are valid whatever the quality of the clustering: each cluster's
+    radius is the exact largest distance of its members to its centroid (computed in float64).
+
+    Args:
+        codes: [N, d] exemplar codes.
+        num_clusters: G (capped at N).
+        iters: Lloyd iterations.
+        seed: seeds the initial centroids.
+
+    Returns:
+        (centroids [G, d] float64, radii [G] float64, assignment [N] int64).
+    """
+    x = codes.double()
+    g = min(num_clusters, x.shape[0])
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    centroids = x[torch.randperm(x.shape[0], generator=gen)[:g].to(x.device)]  # [G, d]
+    for _ in range(iters):
+        assign = squared_distances(x, centroids).argmin(1)  # [N]
+        sums = torch.zeros_like(centroids).index_add_(0, assign, x)
+        counts = torch.bincount(assign, minlength=g).unsqueeze(1).double()  # [G, 1]
+        centroids = torch.where(counts > 0, sums / counts.clamp_min(1), centroids)
+    assign = squared_distances(x, centroids).argmin(1)
+    dist = (x - centroids[assign]).norm(dim=1)  # [N]
+    radii = torch.zeros(g, dtype=torch.float64, device=x.device).scatter_reduce_(0, assign, dist, "amax")
+    return centroids, radii, assign
+
+
+def dropped_mass_upper_bound(
+    z: Tensor,
+    log_var: Tensor,
+    centroids: Tensor,
+    radii: Tensor,
+    remaining: Tensor,
+    anchor: Tensor,
+    anchor_radius: Tensor,
+) -> Tensor:
+    """Upper bound on log sum_{n dropped} N(z; c_n, sigma^2 I) for exemplars left out of a truncation.
+
+    Every dropped exemplar n of cluster g satisfies ||z - c_n|| >= ||z - centroid_g|| - radius_g, and (as it
+    was not among the candidates nearest the test point's anchor) ||z - c_n|| >= anchor_radius - ||z -
+    anchor||. The kernel decreases with distance, so each cluster contributes at most (its dropped count)
+    x the kernel at the larger of the two distance bounds (clamped at 0).
+
+    Args:
+        z: [S, B, d] codes, column b drawn for test point b.
+        log_var: scalar log sigma^2.
+        centroids: [G, d] cluster centroids; radii: [G] cluster radii.
+        remaining: [B, G] number of dropped exemplars of each cluster, per test point.
+        anchor: [B, d] the point each truncation searched around (the encoder mean).
+        anchor_radius: [B] distance from the anchor to its farthest kept candidate.
+
+    Returns:
+        [S, B] float64 upper bounds (-inf where nothing was dropped).
+    """
+    s, b, d = z.shape
+    z64 = z.double()
+    to_centroid = squared_distances(z64.reshape(s * b, d), centroids).sqrt().reshape(s, b, -1)  # [S, B, G]
+    by_cluster = (to_centroid - radii).clamp_min(0.0)  # [S, B, G]
+    by_anchor = (anchor_radius.double() - (z64 - anchor.double()).norm(dim=-1)).clamp_min(0.0)  # [S, B]
+    lower_dist = torch.maximum(by_cluster, by_anchor.unsqueeze(-1))  # [S, B, G]
+    log_k = isotropic_log_kernel(lower_dist.pow(2), log_var.double(), d)  # [S, B, G]
+    log_count = torch.log(remaining.double()).unsqueeze(0)  # [1, B, G], -inf where none dropped
+    return torch.logsumexp(log_k + log_count, dim=-1)
+
+
 class ExemplarPrior(Prior):
     """Parzen-window prior over encoded exemplars, with leave-one-out, subsampling and retrieval.
 
@@ -159,6 +229,8 @@ class ExemplarPrior(Prior):
         # Evaluation: None scores every code against all N exemplars; K keeps, for each test point, the K
         # exemplars whose codes are nearest its encoder mean (a lower bound; see ``batch_scorer``).
         self.eval_candidates: int | None = None
+        self._cluster_source: Tensor | None = None  # the cache tensor the partition below was built from
+        self._cluster_cache: tuple[Tensor, Tensor, Tensor] = (torch.empty(0), torch.empty(0), torch.empty(0))
 
     # -- exemplar set -------------------------------------------------------------------------------
     @property
@@ -247,6 +319,42 @@ class ExemplarPrior(Prior):
         candidates = codes[nearest]  # [B, K, d]
         log_var = self.log_var.detach()
         return lambda z: candidate_log_prob(z, candidates, log_var, self.num_total)
+
+    def _clusters(self) -> tuple[Tensor, Tensor, Tensor]:
+        """The k-means partition of the current cache used by ``batch_bounds`` (rebuilt after a refresh)."""
+        codes = self.cache.get()
+        if self._cluster_source is not codes:
+            g = max(1, min(self.num_total, int(round(math.sqrt(self.num_total)))))
+            self._cluster_cache = build_clusters(codes, g)
+            self._cluster_source = codes
+        return self._cluster_cache
+
+    def batch_bounds(self, mean: Tensor, encoder: Encoder) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
+        """Certified bounds for the truncated evaluation: (the truncated value, that value plus an upper
+        bound on the mass of the dropped exemplars, from a k-means partition of the codes and the
+        truncation radius; see ``dropped_mass_upper_bound``)."""
+        k = self.eval_candidates
+        if self.training or k is None or k >= self.num_total:
+            return super().batch_bounds(mean, encoder)
+        codes = self.cache.get()
+        sq_dist, nearest = knn_search(mean, codes, k, self.search_backend)  # [B, K]
+        candidates = codes[nearest]  # [B, K, d]
+        centroids, radii, assign = self._clusters()
+        g = centroids.shape[0]
+        kept = torch.zeros(mean.shape[0], g, dtype=torch.float64, device=codes.device)
+        kept.scatter_add_(1, assign[nearest], torch.ones_like(nearest, dtype=torch.float64))  # [B, G]
+        remaining = torch.bincount(assign, minlength=g).double().unsqueeze(0) - kept  # [B, G]
+        # the K-th distance, shrunk by a relative 1e-6 so float32 rounding in the search cannot loosen it
+        anchor_radius = sq_dist[:, -1].double().clamp_min(0).sqrt() * (1 - 1e-6)  # [B]
+        log_var = self.log_var.detach()
+        log_n = math.log(self.num_total)
+
+        def bounds(z: Tensor) -> tuple[Tensor, Tensor]:
+            lower = candidate_log_prob(z, candidates, log_var, self.num_total)  # [S, B]
+            dropped = dropped_mass_upper_bound(z, log_var, centroids, radii, remaining, mean, anchor_radius)
+            return lower, torch.logaddexp(lower.double() + log_n, dropped) - log_n
+
+        return bounds
 
     @torch.no_grad()
     def sample(
