@@ -229,6 +229,7 @@ class ExemplarPrior(Prior):
         # Evaluation: None scores every code against all N exemplars; K keeps, for each test point, the K
         # exemplars whose codes are nearest its encoder mean (a lower bound; see ``batch_scorer``).
         self.eval_candidates: int | None = None
+        self.bound_clusters: int | None = None  # k-means clusters behind the certified bounds (None: sqrt N)
         self._cluster_source: Tensor | None = None  # the cache tensor the partition below was built from
         self._cluster_cache: tuple[Tensor, Tensor, Tensor] = (torch.empty(0), torch.empty(0), torch.empty(0))
 
@@ -320,11 +321,15 @@ class ExemplarPrior(Prior):
         log_var = self.log_var.detach()
         return lambda z: candidate_log_prob(z, candidates, log_var, self.num_total)
 
+    def _num_bound_clusters(self) -> int:
+        g = self.bound_clusters if self.bound_clusters is not None else round(math.sqrt(self.num_total))
+        return max(1, min(self.num_total, g))
+
     def _clusters(self) -> tuple[Tensor, Tensor, Tensor]:
         """The k-means partition of the current cache used by ``batch_bounds`` (rebuilt after a refresh)."""
         codes = self.cache.get()
-        if self._cluster_source is not codes:
-            g = max(1, min(self.num_total, int(round(math.sqrt(self.num_total)))))
+        if self._cluster_source is not codes or self._cluster_cache[0].shape[0] != self._num_bound_clusters():
+            g = self._num_bound_clusters()
             self._cluster_cache = build_clusters(codes, g)
             self._cluster_source = codes
         return self._cluster_cache
