@@ -308,16 +308,22 @@ class ExemplarPrior(Prior):
         """The test-time prior over all N cached exemplar codes, no leave-one-out: [B, d] -> [B]."""
         return streaming_exemplar_log_prob(z, self.cache.get(), self.log_var.detach())
 
+    def _truncation(self, mean: Tensor) -> tuple[Tensor, Tensor] | None:
+        """(squared distances, indices), each [B, K], of the ``eval_candidates`` cached codes nearest each
+        test point's encoder mean; None when the evaluation scores against every exemplar."""
+        k = self.eval_candidates
+        if self.training or k is None or k >= self.num_total:
+            return None
+        return knn_search(mean, self.cache.get(), k, self.search_backend)
+
     def batch_scorer(self, mean: Tensor, encoder: Encoder) -> Callable[[Tensor], Tensor]:
         """Importance-sampling scorer; with ``eval_candidates = K`` it keeps, for each test point, only the
         K exemplars whose cached codes are nearest the point's encoder mean (faiss search), which makes
         the prior term K/N times cheaper and the estimate a lower bound on the full-prior one."""
-        k = self.eval_candidates
-        if self.training or k is None or k >= self.num_total:
+        truncation = self._truncation(mean)
+        if truncation is None:
             return super().batch_scorer(mean, encoder)
-        codes = self.cache.get()
-        _, nearest = knn_search(mean, codes, k, self.search_backend)  # [B, K]
-        candidates = codes[nearest]  # [B, K, d]
+        candidates = self.cache.get()[truncation[1]]  # [B, K, d]
         log_var = self.log_var.detach()
         return lambda z: candidate_log_prob(z, candidates, log_var, self.num_total)
 
@@ -338,11 +344,11 @@ class ExemplarPrior(Prior):
         """Certified bounds for the truncated evaluation: (the truncated value, that value plus an upper
         bound on the mass of the dropped exemplars, from a k-means partition of the codes and the
         truncation radius; see ``dropped_mass_upper_bound``)."""
-        k = self.eval_candidates
-        if self.training or k is None or k >= self.num_total:
+        truncation = self._truncation(mean)
+        if truncation is None:
             return super().batch_bounds(mean, encoder)
         codes = self.cache.get()
-        sq_dist, nearest = knn_search(mean, codes, k, self.search_backend)  # [B, K]
+        sq_dist, nearest = truncation  # [B, K] each
         candidates = codes[nearest]  # [B, K, d]
         centroids, radii, assign = self._clusters()
         g = centroids.shape[0]
