@@ -136,7 +136,7 @@ def interpolate(model: VAE, x_a: Tensor, x_b: Tensor, steps: int) -> Tensor:
     mu_a, mu_b = model.encoder.mean(xa), model.encoder.mean(xb)  # [B, d] each
     t = torch.linspace(0, 1, steps, device=mu_a.device, dtype=mu_a.dtype).view(1, steps, 1)  # [1, S, 1]
     z = (1 - t) * mu_a.unsqueeze(1) + t * mu_b.unsqueeze(1)  # [B, S, d]
-    x = torch.sigmoid(model.decode(z.reshape(-1, z.shape[-1]))).reshape(xa.shape[0], steps, -1)  # [B, S, D]
+    x = model.decode_mean(z.reshape(-1, z.shape[-1])).reshape(xa.shape[0], steps, -1)  # [B, S, D]
     return x[0] if single else x
 
 

@@ -5,6 +5,8 @@ Read with ``priors/exemplar.py`` (the prior) and ``objectives/elbo.py`` (the los
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor, nn
 
@@ -14,27 +16,47 @@ from exemplar_vae.functional import reparameterize
 from exemplar_vae.interfaces import Encoder
 from exemplar_vae.models.decoders import MLPDecoder
 from exemplar_vae.models.encoders import MLPEncoder
+from exemplar_vae.models.observation import Bernoulli, Observation
 from exemplar_vae.priors import Prior, build_prior
 
 
+class LowerTerms(NamedTuple):
+    """What a model adds below its top latent z (the one the prior scores), per example, in nats."""
+
+    log_px: Tensor  # [...] log p(x | latents)
+    kl_lower: Tensor  # [...] log q(z_lower | x, z) - log p(z_lower | z), one draw; 0 for a one-layer VAE
+
+
 class VAE(nn.Module):
-    """A VAE with a Bernoulli decoder and a pluggable prior.
+    """A VAE with one stochastic layer z and a pluggable prior p(z).
+
+    The objectives see a model through ``encode`` (q of the top latent, the one the prior scores),
+    ``lower_terms`` (everything below it) and ``prior``; ``HierarchicalVAE`` implements the same three.
 
     Args:
         encoder: x [B, D] -> (mean [B, d], log_var [B, d]), with a ``mean(x)`` method.
-        decoder: z [B, d] -> Bernoulli logits [B, D].
+        decoder: z [B, d] -> observation parameters [B, num_params * D].
         prior: a ``Prior``.
         image_shape: (C, H, W) of one example, for pictures.
+        observation: how data is scored given the decoder's output (default Bernoulli logits).
     """
 
     encoder: Encoder
     decoder: nn.Module
     prior: Prior
 
-    def __init__(self, encoder: Encoder, decoder: nn.Module, prior: Prior, image_shape: tuple[int, ...]):
+    def __init__(
+        self,
+        encoder: Encoder,
+        decoder: nn.Module,
+        prior: Prior,
+        image_shape: tuple[int, ...],
+        observation: Observation | None = None,
+    ):
         super().__init__()
         self.encoder, self.decoder, self.prior = encoder, decoder, prior
         self.image_shape = tuple(image_shape)
+        self.observation = observation if observation is not None else Bernoulli()
 
     @property
     def latent_dim(self) -> int:
@@ -49,8 +71,17 @@ class VAE(nn.Module):
         return self.encoder(x)
 
     def decode(self, z: Tensor) -> Tensor:
-        """p(x|z): [B, d] -> Bernoulli logits [B, D]."""
+        """p(x|z): [B, d] -> observation parameters [B, num_params * D] (Bernoulli: logits)."""
         return self.decoder(z)
+
+    def decode_mean(self, z: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """The picture of top-level codes: [n, d] -> mean of p(x|z) [n, D], values in [0, 1]."""
+        return self.observation.mean(self.decode(z))
+
+    def lower_terms(self, x: Tensor, z: Tensor, generator: torch.Generator | None = None) -> LowerTerms:
+        """log p(x|z) for codes z [..., B, d] drawn for inputs x [B, D]: -> [..., B] (kl_lower = 0)."""
+        log_px = self.observation.log_prob(x, self.decode(z))
+        return LowerTerms(log_px, torch.zeros_like(log_px))
 
     def forward(self, x: Tensor, index: Tensor | None = None, beta: float = 1.0, generator=None):  # noqa: ANN001
         """Single-sample ELBO terms of a batch (see ``objectives.elbo.elbo_terms``); lets the model be wrapped
@@ -61,7 +92,7 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def generate(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> Tensor:
-        """Samples from the model, shown as decoder means (Bernoulli probabilities): [n, D].
+        """Samples from the model, shown as decoder means (e.g. Bernoulli probabilities): [n, D].
 
         For the exemplar prior call ``prior.refresh(encoder)`` first (``load_run`` and the trainer do).
 
@@ -72,14 +103,14 @@ class VAE(nn.Module):
                 0 decodes the component means (for the exemplar prior: the exemplars' codes).
         """
         z = self.prior.sample(n, self.encoder, generator, temperature)  # [n, d]
-        return torch.sigmoid(self.decode(z))
+        return self.decode_mean(z, generator)
 
     @torch.no_grad()
     def exemplar_variations(
         self, x: Tensor, n: int, generator: torch.Generator | None = None, temperature: float = 1.0
     ) -> Tensor:
         """n variations of each input: z ~ r(z|x) (the exemplar prior's kernel; q(z|x) for other priors),
-        decoded to Bernoulli means.
+        decoded to means of p(x|z).
 
         Args:
             x: [B, D] exemplars.
@@ -87,14 +118,14 @@ class VAE(nn.Module):
             temperature: multiplies the kernel's standard deviation.
 
         Returns:
-            [B, n, D] probabilities.
+            [B, n, D] values in [0, 1].
         """
         mean, log_var = self.prior.variation_kernel(*self.encode(x))  # [B, d] each
         eps = torch.randn(
             (x.shape[0], n, mean.shape[1]), device=x.device, dtype=mean.dtype, generator=generator
         )
         z = reparameterize(mean.unsqueeze(1), log_var.unsqueeze(1), temperature * eps)  # [B, n, d]
-        return torch.sigmoid(self.decode(z.reshape(-1, z.shape[-1]))).reshape(x.shape[0], n, -1)
+        return self.decode_mean(z.reshape(-1, z.shape[-1]), generator).reshape(x.shape[0], n, -1)
 
 
 ENCODERS = {"mlp": MLPEncoder}

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from exemplar_vae.functional import log_bernoulli_logits, log_normal_diag, reparameterize
+from exemplar_vae.functional import log_normal_diag, reparameterize
 from exemplar_vae.models.vae import VAE
 
 
@@ -38,7 +38,7 @@ def elbo_terms(
     Args:
         model: the VAE (its prior in train mode uses leave-one-out and subsampling; in eval mode, the
             full prior).
-        x: [B, D] binary inputs.
+        x: [B, D] inputs (binary, or 8-bit values k/255 for a discretised logistic).
         index: [B] dataset indices (needed by the exemplar prior's leave-one-out in training).
         beta: weight of the KL term in the loss (1 for evaluation).
         generator: randomness for z.
@@ -49,6 +49,7 @@ def elbo_terms(
     mean, log_var = model.encode(x)  # [B, d]
     eps = torch.randn(mean.shape, dtype=mean.dtype, device=mean.device, generator=generator)
     z = reparameterize(mean, log_var, eps)  # [B, d]
-    rec = -log_bernoulli_logits(x, model.decode(z))  # [B]
-    kl = log_normal_diag(z, mean, log_var) - model.prior.log_prob(z, model.encoder, index)  # [B]
+    lower = model.lower_terms(x, z, generator)  # log p(x|...) [B], KL of the layers below z [B]
+    rec = -lower.log_px  # [B]
+    kl = log_normal_diag(z, mean, log_var) - model.prior.log_prob(z, model.encoder, index) + lower.kl_lower
     return ElboTerms(loss=(rec + beta * kl).mean(), rec=rec, kl=kl, elbo=-(rec + kl))

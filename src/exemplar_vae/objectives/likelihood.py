@@ -16,7 +16,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from exemplar_vae.functional import log_bernoulli_logits, log_normal_diag, reparameterize
+from exemplar_vae.functional import log_normal_diag, reparameterize
 from exemplar_vae.models.vae import VAE
 
 
@@ -30,7 +30,8 @@ class LikelihoodEstimate(NamedTuple):
 def _proposal_terms(
     model: VAE, x: Tensor, num_samples: int, max_rows: int, generator: torch.Generator | None
 ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-    """Chunks of (z [s, B, d], log p(x|z) - log q(z|x) [s, B] float64, encoder mean [B, d]), z ~ q(z|x).
+    """Chunks of (z [s, B, d], log p(x, z_lower|z) - log q(z, z_lower|x) [s, B] float64, encoder mean [B, d]),
+    z ~ q(z|x) the top latent (the one the prior scores); for a one-layer VAE the lower terms are log p(x|z).
 
     The encoder runs once; the decoder streams over chunks of at most ``max_rows`` codes."""
     b = x.shape[0]
@@ -41,8 +42,8 @@ def _proposal_terms(
         eps = torch.randn((s, b, mean.shape[1]), dtype=mean.dtype, device=mean.device, generator=generator)
         z = reparameterize(mean, log_var, eps)  # [s, B, d]
         log_q = log_normal_diag(z, mean, log_var)  # [s, B]
-        log_px = log_bernoulli_logits(x, model.decode(z))  # [s, B]
-        yield z, log_px.double() - log_q.double(), mean
+        lower = model.lower_terms(x, z, generator)  # [s, B] each
+        yield z, lower.log_px.double() - lower.kl_lower.double() - log_q.double(), mean
 
 
 @torch.no_grad()
@@ -53,7 +54,7 @@ def log_weights(
 
     Args:
         model: the VAE, in eval mode (its prior must be ready: ``model.prior.refresh(model.encoder)``).
-        x: [B, D] binary inputs.
+        x: [B, D] inputs.
         num_samples: S.
         max_rows: bound on B * (samples per chunk), which bounds the decoder's and the prior's memory.
         generator: randomness for z.
