@@ -19,7 +19,7 @@ from exemplar_vae.data import DataSplits, fixed_binarize, load_dataset
 from exemplar_vae.data.registry import TEST_BINARIZE_SEED, VAL_BINARIZE_SEED
 from exemplar_vae.errors import ConfigError
 from exemplar_vae.evaluation import knn_probe, majority_vote, probe_table, tsne_plot
-from exemplar_vae.models.vae import VAE, build_vae
+from exemplar_vae.models import VAE, build_vae
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,8 @@ from exemplar_vae.errors import ConfigError
 
 PRIOR_NAMES = ("gaussian", "vampprior", "mog", "exemplar")
 OPTIMIZER_NAMES = ("adam", "adamnormgrad")
-ARCH_NAMES = ("mlp",)
+ARCH_NAMES = ("mlp", "hvae", "convhvae")
+AMP_NAMES = ("off", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -40,8 +41,10 @@ class ModelConfig:
     """The networks.
 
     Attributes:
-        arch: network family; "mlp" is the paper's VAE with gated dense layers.
-        latent_dim: size of z (40 in the paper).
+        arch: network family: "mlp" (the paper's VAE, gated dense layers), "hvae" (two stochastic
+            layers z1, z2, gated dense) or "convhvae" (two stochastic layers, gated convolutions); the
+            prior always scores the top layer.
+        latent_dim: size of z (of z1 and of z2 in the hierarchical models; 40 in the paper).
         hidden: width of the hidden layers (300 in the paper).
     """
 
@@ -84,6 +87,8 @@ class TrainConfig:
             then Adam) or "adam".
         seed: seeds the initialisation, the data order, the binarisation and the exemplar draws.
         device: "cpu", "cuda", "cuda:1", or "auto" (CUDA when available).
+        amp: mixed precision for the training steps: "off", "bf16" or "fp16" (with a gradient scaler);
+            validation and evaluation always run in float32.
     """
 
     epochs: int = 2000
@@ -94,6 +99,7 @@ class TrainConfig:
     optimizer: str = "adamnormgrad"
     seed: int = 14
     device: str = "auto"
+    amp: str = "off"
 
 
 @dataclass(frozen=True)
@@ -160,6 +166,8 @@ def validate(config: RunConfig, num_train: int | None = None) -> RunConfig:
         raise ConfigError(f"unknown architecture '{m.arch}'; valid: {', '.join(ARCH_NAMES)}")
     if p.name not in PRIOR_NAMES:
         raise ConfigError(f"unknown prior '{p.name}'; valid: {', '.join(PRIOR_NAMES)}")
+    if t.amp not in AMP_NAMES:
+        raise ConfigError(f"unknown mixed precision '{t.amp}' (--amp); valid: {', '.join(AMP_NAMES)}")
     if t.optimizer not in OPTIMIZER_NAMES:
         raise ConfigError(f"unknown optimizer '{t.optimizer}'; valid: {', '.join(OPTIMIZER_NAMES)}")
     positive = {

@@ -27,7 +27,7 @@ from exemplar_vae.generation import (
     interpolation_grid,
     prior_sample_grid,
 )
-from exemplar_vae.models.vae import VAE, build_vae
+from exemplar_vae.models import VAE, build_vae
 from exemplar_vae.priors import ExemplarPrior
 from exemplar_vae.training import Trainer, TrainResult, atomic_write_text, load_checkpoint
 from exemplar_vae.training.loop import BEST, LAST, METRICS
@@ -61,7 +61,7 @@ def prepare(config: RunConfig) -> tuple[RunConfig, DataSplits]:
 
 def build_model(config: RunConfig, data: DataSplits, device: torch.device | str = "cpu") -> VAE:
     """A fresh VAE with the prior named in ``config``, its exemplar set the training images of ``data``."""
-    return build_vae(config.model, config.prior, data.train_x, data.image_shape).to(device)
+    return build_vae(config.model, config.prior, data.train_x, data.image_shape, data.binary).to(device)
 
 
 def train(

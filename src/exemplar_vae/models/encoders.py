@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
-from exemplar_vae.models.layers import GatedDense, he_init
-
-# The paper's code bounds the encoder's log-variance with Hardtanh(-6, 2).
-LOG_VAR_MIN, LOG_VAR_MAX = -6.0, 2.0
+from exemplar_vae.models.layers import LOG_VAR_MAX, LOG_VAR_MIN, GatedDense, GaussianHead, he_init
 
 
 class MLPEncoder(nn.Module):
@@ -39,3 +37,30 @@ class MLPEncoder(nn.Module):
     def mean(self, x: Tensor) -> Tensor:
         """mu_phi(x): [B, D] -> [B, d], skipping the log-variance head."""
         return self.mean_head(self.body(x))
+
+
+class MLPZ1Encoder(nn.Module):
+    """q(z1|x, z2) of the paper's HVAE: GD(D->hidden) on x, GD(d2->hidden) on z2, concatenated,
+    GD(2 hidden->hidden), Gaussian heads.
+
+    ``features(x)`` depends on x only, so importance sampling computes it once per input.
+    """
+
+    def __init__(self, data_dim: int, hidden: int, latent_dim: int) -> None:
+        super().__init__()
+        self.x_net = GatedDense(data_dim, hidden)
+        self.z2_net = GatedDense(latent_dim, hidden)
+        self.joint = GatedDense(2 * hidden, hidden)
+        self.heads = GaussianHead(hidden, latent_dim)
+        he_init(self)
+
+    def features(self, x: Tensor) -> Tensor:
+        """[B, D] -> [B, hidden]."""
+        return self.x_net(x)
+
+    def head(self, h: Tensor, z2: Tensor) -> tuple[Tensor, Tensor]:
+        """([B, hidden], [B, d2]) -> (mean [B, d1], log_var [B, d1])."""
+        return self.heads(self.joint(torch.cat([h, self.z2_net(z2)], dim=-1)))
+
+    def forward(self, x: Tensor, z2: Tensor) -> tuple[Tensor, Tensor]:
+        return self.head(self.features(x), z2)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+# The paper's code bounds every Gaussian layer's log-variance with Hardtanh(-6, 2).
+LOG_VAR_MIN, LOG_VAR_MAX = -6.0, 2.0
+
 
 class GatedDense(nn.Module):
     """Gated dense layer: h(x) * sigmoid(g(x)) with two linear maps (Dauphin et al. 2017).
@@ -23,10 +26,24 @@ class GatedDense(nn.Module):
         return self.h(x) * torch.sigmoid(self.g(x))
 
 
+class GaussianHead(nn.Module):
+    """Two linear heads: features [B, hidden] -> (mean [B, d], log_var [B, d]), the log-variance bounded
+    by Hardtanh(LOG_VAR_MIN, LOG_VAR_MAX) as in the paper's code."""
+
+    def __init__(self, hidden: int, latent_dim: int) -> None:
+        super().__init__()
+        self.mean = nn.Linear(hidden, latent_dim)
+        self.log_var = nn.Sequential(nn.Linear(hidden, latent_dim), nn.Hardtanh(LOG_VAR_MIN, LOG_VAR_MAX))
+
+    def forward(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        return self.mean(h), self.log_var(h)
+
+
 def he_init(module: nn.Module) -> None:
-    """He-normal weights N(0, 2 / fan_in) on every nn.Linear, as the paper's code does; biases at zero."""
+    """He-normal weights N(0, 2 / fan_in) on every nn.Linear and convolution, as the paper's code does;
+    biases at zero."""
     for m in module.modules():
-        if isinstance(m, nn.Linear):
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
             nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)

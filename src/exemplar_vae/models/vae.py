@@ -10,14 +10,10 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from exemplar_vae.config import ModelConfig, PriorConfig
-from exemplar_vae.errors import ConfigError
 from exemplar_vae.functional import reparameterize
 from exemplar_vae.interfaces import Encoder
-from exemplar_vae.models.decoders import MLPDecoder
-from exemplar_vae.models.encoders import MLPEncoder
 from exemplar_vae.models.observation import Bernoulli, Observation
-from exemplar_vae.priors import Prior, build_prior
+from exemplar_vae.priors import Prior
 
 
 class LowerTerms(NamedTuple):
@@ -126,24 +122,3 @@ class VAE(nn.Module):
         )
         z = reparameterize(mean.unsqueeze(1), log_var.unsqueeze(1), temperature * eps)  # [B, n, d]
         return self.decode_mean(z.reshape(-1, z.shape[-1]), generator).reshape(x.shape[0], n, -1)
-
-
-ENCODERS = {"mlp": MLPEncoder}
-DECODERS = {"mlp": MLPDecoder}
-
-
-def build_vae(model: ModelConfig, prior: PriorConfig, exemplars: Tensor, image_shape: tuple[int, ...]) -> VAE:
-    """Build a VAE from configs.
-
-    Args:
-        model: networks' configuration.
-        prior: prior's configuration (``prior.exemplars`` resolved, see ``config.validate``).
-        exemplars: [N, D] training inputs: the exemplar set, and the width D of the data.
-        image_shape: (C, H, W).
-    """
-    if model.arch not in ENCODERS:
-        raise ConfigError(f"unknown architecture '{model.arch}'; valid: {', '.join(ENCODERS)}")
-    data_dim = exemplars.shape[1]
-    encoder = ENCODERS[model.arch](data_dim, model.hidden, model.latent_dim)
-    decoder = DECODERS[model.arch](model.latent_dim, model.hidden, data_dim)
-    return VAE(encoder, decoder, build_prior(prior, model.latent_dim, exemplars), image_shape)

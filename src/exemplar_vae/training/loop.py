@@ -31,6 +31,8 @@ from exemplar_vae.models.vae import VAE
 from exemplar_vae.training.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from exemplar_vae.training.optim import build_optimizer, normalize_gradients
 
+AMP_DTYPES: dict[str, torch.dtype | None] = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
 logger = logging.getLogger(__name__)
 
 LAST, BEST, METRICS = "last.pt", "best.pt", "metrics.jsonl"
@@ -95,7 +97,8 @@ class Trainer:
 
     Args:
         model: the VAE (already on its device).
-        data: the splits; training batches are binarised dynamically from ``data.train_x``.
+        data: the splits; for binary data (``data.binary``) training batches are binarised dynamically
+            from ``data.train_x``, 8-bit data is used as it is.
         config: the full, validated run configuration (saved in every checkpoint).
         run_dir: folder for checkpoints and metrics.jsonl; None trains in memory.
         callbacks: extra hooks.
@@ -123,6 +126,9 @@ class Trainer:
         self.val_x = data.val_x.to(self.device)
         self.sampler = BatchSampler(self.train_x.shape[0], t.batch_size, t.seed, rank, world_size)
         self.optimizer = build_optimizer(t.optimizer, model.parameters(), t.lr)
+        # mixed precision for the training steps only (validation and evaluation stay float32)
+        self.amp_dtype = AMP_DTYPES[t.amp]
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.amp == "fp16")
         self.state = LoopState()
         self.history: list[dict[str, Any]] = []
         self._prior_fresh = False  # the prior's cache matches the current weights
@@ -138,6 +144,8 @@ class Trainer:
         }
         if torch.cuda.is_available():
             payload["cuda_rng"] = torch.cuda.get_rng_state_all()
+        if self.scaler.is_enabled():
+            payload["scaler"] = self.scaler.state_dict()
         return payload
 
     def resume(self) -> None:
@@ -156,6 +164,8 @@ class Trainer:
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.state = LoopState(**ckpt["loop"])
+        if "scaler" in ckpt and self.scaler.is_enabled():
+            self.scaler.load_state_dict(ckpt["scaler"])
         self._prior_fresh = False
         torch.set_rng_state(ckpt["rng"].cpu())
         if "cuda_rng" in ckpt and torch.cuda.is_available():
@@ -186,17 +196,22 @@ class Trainer:
         )
         for idx in bar:
             idx = idx.to(self.device)
-            x = dynamic_binarize(self.train_x[idx])  # [B, D] in {0, 1}
-            terms = model(x, idx, beta)
+            x = self.train_x[idx]  # [B, D]
+            if self.data.binary:
+                x = dynamic_binarize(x)  # [B, D] in {0, 1}
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                terms = model(x, idx, beta)
             if not torch.isfinite(terms.loss):
                 raise ExemplarVAEError(
                     f"training diverged at epoch {epoch} (loss {terms.loss.item()}); try a smaller --lr"
                 )
             self.optimizer.zero_grad(set_to_none=True)
-            terms.loss.backward()
+            self.scaler.scale(terms.loss).backward()
+            self.scaler.unscale_(self.optimizer)  # no-op when the scaler is disabled
             if t.optimizer == "adamnormgrad":
                 normalize_gradients(model.parameters())
-            self.optimizer.step()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
             self._prior_fresh = False
             losses.append(terms.loss.item())
             recs.append(terms.rec.mean().item())

@@ -1,0 +1,98 @@
+"""Architectures by name -> a VAE from configs. One builder per architecture; priors stay independent.
+
+- ``mlp``: the paper's VAE (gated dense 2 x hidden, one stochastic layer).
+- ``hvae``: the paper's HVAE (two stochastic layers z1, z2; the prior on z2), gated dense networks.
+- ``convhvae``: the paper's ConvHVAE (gated convolutions in q(z2|x), q(z1|x,z2) and p(x|z1,z2)).
+
+The observation model follows the data: Bernoulli for binary data, a 256-level discretised logistic for
+8-bit data (``binary=False``); the decoder emits ``num_params`` values per pixel accordingly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import Tensor
+
+from exemplar_vae.config import ModelConfig, PriorConfig
+from exemplar_vae.errors import ConfigError
+from exemplar_vae.models.decoders import MLPConditionalPrior, MLPDecoder, MLPHierarchicalDecoder
+from exemplar_vae.models.encoders import MLPEncoder, MLPZ1Encoder
+from exemplar_vae.models.hierarchical import HierarchicalVAE
+from exemplar_vae.models.observation import Observation, observation_for
+from exemplar_vae.models.vae import VAE
+from exemplar_vae.priors import Prior, build_prior
+
+Builder = Callable[[ModelConfig, Prior, tuple[int, int, int], Observation], VAE]
+
+
+def _num_values(image_shape: tuple[int, int, int]) -> int:
+    c, h, w = image_shape
+    return c * h * w
+
+
+def build_mlp(model: ModelConfig, prior: Prior, image_shape: tuple[int, int, int], obs: Observation) -> VAE:
+    d = _num_values(image_shape)
+    encoder = MLPEncoder(d, model.hidden, model.latent_dim)
+    decoder = MLPDecoder(model.latent_dim, model.hidden, obs.num_params * d)
+    return VAE(encoder, decoder, prior, image_shape, obs)
+
+
+def build_hvae(model: ModelConfig, prior: Prior, image_shape: tuple[int, int, int], obs: Observation) -> VAE:
+    d = _num_values(image_shape)
+    return HierarchicalVAE(
+        encoder=MLPEncoder(d, model.hidden, model.latent_dim),
+        z1_encoder=MLPZ1Encoder(d, model.hidden, model.latent_dim),
+        z1_prior=MLPConditionalPrior(model.latent_dim, model.hidden),
+        decoder=MLPHierarchicalDecoder(model.latent_dim, model.hidden, obs.num_params * d),
+        prior=prior,
+        image_shape=image_shape,
+        observation=obs,
+    )
+
+
+def build_convhvae(
+    model: ModelConfig, prior: Prior, image_shape: tuple[int, int, int], obs: Observation
+) -> VAE:
+    from exemplar_vae.models.conv import ConvEncoder, ConvHierarchicalDecoder, ConvZ1Encoder
+
+    return HierarchicalVAE(
+        encoder=ConvEncoder(image_shape, model.hidden, model.latent_dim),
+        z1_encoder=ConvZ1Encoder(image_shape, model.hidden, model.latent_dim),
+        z1_prior=MLPConditionalPrior(model.latent_dim, model.hidden),
+        decoder=ConvHierarchicalDecoder(model.latent_dim, model.hidden, image_shape, obs.num_params),
+        prior=prior,
+        image_shape=image_shape,
+        observation=obs,
+    )
+
+
+ARCHITECTURES: dict[str, Builder] = {"mlp": build_mlp, "hvae": build_hvae, "convhvae": build_convhvae}
+
+
+def build_vae(
+    model: ModelConfig,
+    prior: PriorConfig,
+    exemplars: Tensor,
+    image_shape: tuple[int, ...],
+    binary: bool = True,
+) -> VAE:
+    """Build a VAE from configs.
+
+    Args:
+        model: networks' configuration (``arch`` one of ``ARCHITECTURES``).
+        prior: prior's configuration (``prior.exemplars`` resolved, see ``config.validate``); the prior
+            scores the top latent (z2 of the hierarchical models).
+        exemplars: [N, D] training inputs: the exemplar set.
+        image_shape: (C, H, W), with C * H * W == D.
+        binary: Bernoulli observations when True, a 256-level discretised logistic when False.
+    """
+    if model.arch not in ARCHITECTURES:
+        raise ConfigError(f"unknown architecture '{model.arch}'; valid: {', '.join(ARCHITECTURES)}")
+    shape = tuple(int(s) for s in image_shape)
+    if len(shape) != 3 or shape[0] * shape[1] * shape[2] != exemplars.shape[1]:
+        raise ConfigError(f"image shape {shape} does not match data of width {exemplars.shape[1]}")
+    c, h, w = shape
+    return ARCHITECTURES[model.arch](
+        model, build_prior(prior, model.latent_dim, exemplars), (c, h, w), observation_for(binary)
+    )
