@@ -52,6 +52,18 @@ def log_bernoulli_logits(x: Any, logits: Any) -> np.ndarray:
     return np.sum(x * log_sigmoid(logits) + (1.0 - x) * log_sigmoid(-logits), axis=-1)
 
 
+def log_discretized_logistic(x: Any, loc: Any, log_scale: Any, levels: int = 256) -> np.ndarray:
+    """log P(x) of a logistic discretised into ``levels`` bins, written as CDF differences in float64 with
+    scipy's expit; the end bins are open (-inf, h] and [1 - h, inf): [..., D] -> [...]."""
+    from scipy.special import expit
+
+    x, loc, s = as64(x), as64(loc), np.exp(as64(log_scale))
+    half = 0.5 / (levels - 1)
+    upper = np.where(x > 1.0 - half, 1.0, expit((x + half - loc) / s))
+    lower = np.where(x < half, 0.0, expit((x - half - loc) / s))
+    return np.sum(np.log(upper - lower), axis=-1)
+
+
 def squared_distances(a: Any, b: Any) -> np.ndarray:
     """||a_i - b_j||^2 by direct differences: [A, D], [B, D] -> [A, B]."""
     a, b = as64(a), as64(b)

@@ -22,6 +22,11 @@ from torch import Tensor
 LOG_2PI = math.log(2.0 * math.pi)
 
 
+def full_precision(t: Tensor) -> Tensor:
+    """float32 for half-precision tensors (mixed-precision network outputs), else unchanged (float64 stays)."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def log_normal_diag(x: Tensor, mean: Tensor, log_var: Tensor) -> Tensor:
     """log N(x; mean, diag(exp(log_var))) summed over the last dimension.
 

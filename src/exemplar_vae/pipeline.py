@@ -305,7 +305,8 @@ def evaluate_run(
     )  # fmt: skip
     in_use = model.prior.num_total if isinstance(model.prior, ExemplarPrior) else data.num_train
     result.update(
-        split=split, prior=config.prior.name, dataset=data.name, exemplars=in_use, train_examples=data.num_train,
+        split=split, prior=config.prior.name, arch=config.model.arch, likelihood=model.observation.name,
+        dataset=data.name, exemplars=in_use, train_examples=data.num_train,
         extra_exemplars=in_use - data.num_train,
         extra_exemplar_sources=_extra_sources(data, extra_exemplars, add_val_exemplars),
     )  # fmt: skip

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from exemplar_vae import __version__, pipeline
-from exemplar_vae.config import PRIOR_NAMES, RunConfig
+from exemplar_vae.config import AMP_NAMES, ARCH_NAMES, PRIOR_NAMES, RunConfig
 from exemplar_vae.errors import ExemplarVAEError
 from exemplar_vae.training import atomic_write_text
 
@@ -25,7 +25,8 @@ TRAIN_FLAGS: dict[str, tuple[str, str, type, str]] = {
     "--dataset": ("data", "dataset", str, "fashion-mnist, mnist, digits, or PATH.npz"),
     "--data-dir": ("data", "data_dir", str, "folder with the dataset's standard files"),
     "--train-size": ("data", "train_size", int, "keep only the first N training images"),
-    "--latent-dim": ("model", "latent_dim", int, "size of z (paper: 40)"),
+    "--arch": ("model", "arch", str, f"network: {', '.join(ARCH_NAMES)} (the prior scores the top latent)"),
+    "--latent-dim": ("model", "latent_dim", int, "size of z, or of z1 and z2 (paper: 40)"),
     "--hidden": ("model", "hidden", int, "width of the gated hidden layers (paper: 300)"),
     "--prior": ("prior", "name", str, f"one of {', '.join(PRIOR_NAMES)}"),
     "--components": ("prior", "components", int, "K pseudo-inputs / mixture components (paper: 500)"),
@@ -44,6 +45,12 @@ TRAIN_FLAGS: dict[str, tuple[str, str, type, str]] = {
     "--optimizer": ("train", "optimizer", str, "adamnormgrad (paper, default) or adam"),
     "--seed": ("train", "seed", int, "random seed"),
     "--device": ("train", "device", str, "auto, cpu, cuda, cuda:N"),
+    "--amp": (
+        "train",
+        "amp",
+        str,
+        f"mixed precision for training steps: {', '.join(AMP_NAMES)} (default off)",
+    ),
 }
 
 
@@ -150,7 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Further subcommands live in their own modules, each with ``add_parsers(sub)`` (adds its parsers) and
 # ``COMMANDS`` (name -> function(args) -> exit code).
-SUBCOMMAND_MODULES = ("exemplar_vae.cli.downstream", "exemplar_vae.cli.explore", "exemplar_vae.cli.ablate")
+SUBCOMMAND_MODULES = (
+    "exemplar_vae.cli.downstream",
+    "exemplar_vae.cli.explore",
+    "exemplar_vae.cli.ablate",
+    "exemplar_vae.cli.reproduce",
+)
 
 
 def _subcommand_modules() -> list[Any]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from exemplar_vae.functional import log_normal_diag, reparameterize
+from exemplar_vae.functional import full_precision, log_normal_diag, reparameterize
 from exemplar_vae.interfaces import Encoder
 from exemplar_vae.models.observation import Observation
 from exemplar_vae.models.vae import VAE, LowerTerms
@@ -74,10 +74,10 @@ class HierarchicalVAE(VAE):
         reps = z2.shape[0] // b
         h_rows = h.unsqueeze(0).expand(reps, *h.shape).reshape(-1, h.shape[-1])  # [R, F]
         x_rows = x.unsqueeze(0).expand(reps, *x.shape).reshape(-1, x.shape[-1])  # [R, D]
-        q_mean, q_log_var = self.z1_encoder.head(h_rows, z2)  # [R, d1]
+        q_mean, q_log_var = (full_precision(t) for t in self.z1_encoder.head(h_rows, z2))  # [R, d1]
         eps = torch.randn(q_mean.shape, dtype=q_mean.dtype, device=q_mean.device, generator=generator)
         z1 = reparameterize(q_mean, q_log_var, eps)  # [R, d1]
-        p_mean, p_log_var = self.z1_prior(z2)  # [R, d1]
+        p_mean, p_log_var = (full_precision(t) for t in self.z1_prior(z2))  # [R, d1]
         kl_lower = log_normal_diag(z1, q_mean, q_log_var) - log_normal_diag(z1, p_mean, p_log_var)  # [R]
-        log_px = self.observation.log_prob(x_rows, self.decoder(z1, z2))  # [R]
+        log_px = self.observation.log_prob(x_rows, full_precision(self.decoder(z1, z2)))  # [R]
         return LowerTerms(log_px.reshape(lead), kl_lower.reshape(lead))

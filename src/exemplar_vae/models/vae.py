@@ -10,7 +10,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from exemplar_vae.functional import reparameterize
+from exemplar_vae.functional import full_precision, reparameterize
 from exemplar_vae.interfaces import Encoder
 from exemplar_vae.models.observation import Bernoulli, Observation
 from exemplar_vae.priors import Prior
@@ -76,7 +76,7 @@ class VAE(nn.Module):
 
     def lower_terms(self, x: Tensor, z: Tensor, generator: torch.Generator | None = None) -> LowerTerms:
         """log p(x|z) for codes z [..., B, d] drawn for inputs x [B, D]: -> [..., B] (kl_lower = 0)."""
-        log_px = self.observation.log_prob(x, self.decode(z))
+        log_px = self.observation.log_prob(x, full_precision(self.decode(z)))
         return LowerTerms(log_px, torch.zeros_like(log_px))
 
     def forward(self, x: Tensor, index: Tensor | None = None, beta: float = 1.0, generator=None):  # noqa: ANN001

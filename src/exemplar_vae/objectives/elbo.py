@@ -13,7 +13,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from exemplar_vae.functional import log_normal_diag, reparameterize
+from exemplar_vae.functional import full_precision, log_normal_diag, reparameterize
 from exemplar_vae.models.vae import VAE
 
 
@@ -46,10 +46,13 @@ def elbo_terms(
     Returns:
         ElboTerms.
     """
-    mean, log_var = model.encode(x)  # [B, d]
+    # under mixed precision the networks run in half precision; the densities are computed in float32
+    mean, log_var = (full_precision(t) for t in model.encode(x))  # [B, d]
     eps = torch.randn(mean.shape, dtype=mean.dtype, device=mean.device, generator=generator)
     z = reparameterize(mean, log_var, eps)  # [B, d]
     lower = model.lower_terms(x, z, generator)  # log p(x|...) [B], KL of the layers below z [B]
+    with torch.autocast(z.device.type, enabled=False):  # mixture sums and retrieval stay float32
+        log_pz = model.prior.log_prob(z, model.encoder, index)  # [B]
     rec = -lower.log_px  # [B]
-    kl = log_normal_diag(z, mean, log_var) - model.prior.log_prob(z, model.encoder, index) + lower.kl_lower
+    kl = log_normal_diag(z, mean, log_var) - log_pz + lower.kl_lower
     return ElboTerms(loss=(rec + beta * kl).mean(), rec=rec, kl=kl, elbo=-(rec + kl))
