@@ -215,7 +215,9 @@ def _digits_config(arch: str, amp: str = "off"):  # noqa: ANN202
     )
 
 
-@pytest.mark.parametrize(("arch", "amp"), [("hvae", "off"), ("mlp", "bf16"), ("hvae", "bf16"), ("mlp", "fp16")])
+@pytest.mark.parametrize(
+    ("arch", "amp"), [("hvae", "off"), ("mlp", "bf16"), ("hvae", "bf16"), ("mlp", "fp16")]
+)
 def test_training_runs_for_each_architecture_and_precision(arch: str, amp: str) -> None:
     from exemplar_vae.pipeline import train
 
@@ -235,3 +237,25 @@ def test_8_bit_data_trains_with_the_logistic_likelihood_without_binarisation() -
     assert model.observation.name == "logistic" and math.isfinite(result.best_val_loss)
     est = importance_sampled_log_likelihood(model, data.test_x[:3], 10)
     assert torch.isfinite(est.log_likelihood).all()
+
+
+def test_cli_hvae_train_evaluate_generate_report(tmp_path, capsys) -> None:  # noqa: ANN001
+    import json
+
+    from exemplar_vae.cli.main import main
+
+    run = tmp_path / "hvae"
+    assert main(["-q", "train", "--dataset", "digits", "--arch", "hvae", "--prior", "exemplar", "--knn", "3",
+                 "--hidden", "16", "--latent-dim", "4", "--epochs", "1", "--warmup", "1", "--train-size", "300",
+                 "--device", "cpu", "--no-progress", "--out", str(run)]) == 0  # fmt: skip
+    assert json.loads((run / "config.json").read_text())["model"]["arch"] == "hvae"
+    assert main(["-q", "evaluate", str(run), "--samples", "20", "--limit", "10", "--check-exact", "10", "--candidates", "50",
+                 "--device", "cpu", "--no-progress", "--json"]) == 0  # fmt: skip
+    result = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert result["arch"] == "hvae" and result["likelihood"] == "bernoulli"
+    assert result["log_likelihood"] >= result["elbo"]
+    assert result["truncation_check"]["max_error"] >= 0  # the truncated prior is a lower bound
+    assert main(["-q", "generate", str(run), "--out", str(tmp_path / "g.png"), "--from-exemplars", "--n", "3",
+                 "--device", "cpu"]) == 0  # fmt: skip
+    assert main(["-q", "report", str(run), "--device", "cpu"]) == 0
+    assert (run / "samples.png").is_file() and (tmp_path / "g.png").is_file()
