@@ -47,3 +47,23 @@ def he_init(module: nn.Module) -> None:
             nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+
+
+class GatedConv2d(nn.Module):
+    """Gated convolution: h(x) * sigmoid(g(x)) with two convolutions of the same geometry.
+
+    Args:
+        in_ch: input channels.
+        out_ch: output channels.
+        kernel: square kernel size.
+        stride: stride.
+        padding: zero padding on each side.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, padding: int) -> None:
+        super().__init__()
+        self.h = nn.Conv2d(in_ch, out_ch, kernel, stride, padding)
+        self.g = nn.Conv2d(in_ch, out_ch, kernel, stride, padding)
+
+    def forward(self, x: Tensor) -> Tensor:  # [B, in_ch, H, W] -> [B, out_ch, H', W']
+        return self.h(x) * torch.sigmoid(self.g(x))
