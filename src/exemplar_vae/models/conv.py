@@ -74,9 +74,8 @@ class ConvEncoder(nn.Module):
 
     def features(self, x: Tensor) -> Tensor:
         """[B, D] -> [B, F]."""
-        return self.body(x.reshape(-1, *self.image_shape)).flatten(
-            1
-        )  # [B, C, H, W] -> [B, 6, H/4, W/4] -> [B, F]
+        maps = self.body(x.reshape(-1, *self.image_shape))  # [B, C, H, W] -> [B, 6, H/4, W/4]
+        return maps.flatten(1)  # [B, F]
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """[B, D] -> (mean [B, d], log_var [B, d])."""
