@@ -438,7 +438,7 @@ def test_npz_missing_or_not_npz(tmp_path: Path) -> None:
 def test_unknown_dataset_name() -> None:
     with pytest.raises(ConfigError, match=r"unknown dataset 'cifar'.*fashion-mnist, mnist, digits.*\.npz"):
         load_dataset("cifar")
-    assert set(DATASETS) == {"fashion-mnist", "mnist", "digits"}
+    assert set(DATASETS) == {"fashion-mnist", "mnist", "digits", "omniglot", "celeba"}
 
 
 @pytest.mark.parametrize("train_size", [0, 1198])

@@ -26,14 +26,19 @@ class DataConfig:
     """Which data to train on.
 
     Attributes:
-        dataset: "fashion-mnist", "mnist", "digits", or a path to an .npz file.
+        dataset: "fashion-mnist", "mnist", "digits", "omniglot", "celeba", or a path to an .npz
+            file or to a folder of images.
         data_dir: folder holding the dataset's standard files (None: the default search path).
         train_size: keep only the first N training images (None: all of them).
+        binarize: None: the dataset's default (binary datasets and the MNIST family are binarised
+            dynamically; 8-bit photos like CelebA are modelled as 8-bit values with a discretised
+            logistic likelihood); True/False forces it.
     """
 
     dataset: str = "fashion-mnist"
     data_dir: str | None = None
     train_size: int | None = None
+    binarize: bool | None = None
 
 
 @dataclass(frozen=True)

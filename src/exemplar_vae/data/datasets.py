@@ -6,6 +6,9 @@ exemplars, and each training batch is binarised afresh with :func:`dynamic_binar
 and test images are binarised once, with a fixed seed (:func:`fixed_binarize`), so that every
 evaluation sees the same binary data.
 
+8-bit data (``binary=False``, e.g. CelebA) is modelled as pixel values k/255: nothing is binarised,
+and :func:`check_8bit` verifies that data meant to be 8-bit really is.
+
 :class:`IndexedDataset` returns each example's position in the training set, which the exemplar
 prior needs to leave the example itself out of its own prior.
 """
@@ -23,8 +26,10 @@ from torch.utils.data import Dataset
 from exemplar_vae.errors import DataError
 
 __all__ = [
+    "EIGHT_BIT_ATOL",
     "DataSplits",
     "IndexedDataset",
+    "check_8bit",
     "dynamic_binarize",
     "fixed_binarize",
     "identity_collate",
@@ -33,24 +38,32 @@ __all__ = [
 
 Batch = tuple[Tensor, Tensor, Tensor]
 
+EIGHT_BIT_ATOL = 1e-4  # how far (in units of 1/255) a value may be from k/255 and still be 8-bit
+_CHECK_ROWS = 4096
+
 
 @dataclass(frozen=True)
 class DataSplits:
     """A dataset split into train, validation and test sets, flattened to vectors.
 
     Attributes:
-        name: the dataset's name ("fashion-mnist", "mnist", "digits", or an .npz file's stem).
+        name: the dataset's name ("fashion-mnist", "mnist", "digits", "omniglot", "celeba", an .npz
+            file's stem, or an image folder's name).
         image_shape: (C, H, W) of one example; C * H * W == D.
         train_x: [N, D] float32 grey values in [0, 1]. These are the exemplars; training batches
             are binarised from them on the fly when ``binary`` is True.
         train_y: [N] int64 labels, -1 where unlabelled.
-        val_x: [Nv, D] float32; in {0, 1} when ``binary`` (binarised once with a fixed seed).
+        val_x: [Nv, D] float32; in {0, 1} when ``binary`` (binarised once with a fixed seed), else
+            8-bit values k/255.
         val_y: [Nv] int64 labels, -1 where unlabelled.
-        test_x: [Nt, D] float32; in {0, 1} when ``binary`` (binarised once with a fixed seed).
+        test_x: [Nt, D] float32; in {0, 1} when ``binary`` (binarised once with a fixed seed), else
+            8-bit values k/255.
         test_y: [Nt] int64 labels, -1 where unlabelled.
-        binary: True for Bernoulli data with dynamic binarisation of the training set.
+        binary: True for Bernoulli data with dynamic binarisation of the training set; False for
+            8-bit data (values k/255 everywhere, nothing binarised; a discretised likelihood).
         val_grey: [Nv, D] float32 grey values of the validation images before binarisation (kNN probes
-            and extra exemplars use grey images), or None when the loader did not keep them.
+            and extra exemplars use grey images), or None when the loader did not keep them. For
+            8-bit data, the same tensor as ``val_x``.
         test_grey: [Nt, D] float32 grey values of the test images before binarisation, or None.
     """
 
@@ -98,7 +111,7 @@ class DataSplits:
     def summary(self) -> str:
         """One line describing the splits, e.g. for a log or a results file."""
         c, h, w = self.image_shape
-        kind = "binary (dynamic binarisation)" if self.binary else "continuous"
+        kind = "binary (dynamic binarisation)" if self.binary else "8-bit (values k/255)"
         return (
             f"{self.name}: {self.num_train} train / {self.val_x.shape[0]} val / "
             f"{self.test_x.shape[0]} test, images {c}x{h}x{w} (D={self.data_dim}), {kind}"
@@ -177,6 +190,29 @@ def fixed_binarize(x: Tensor, seed: int = 777) -> Tensor:
     uniform = np.random.RandomState(seed).random_sample(tuple(x.shape))  # in [0, 1)
     probs = x.detach().cpu().double().numpy()
     return torch.from_numpy(uniform < probs).to(dtype=x.dtype, device=x.device)
+
+
+def check_8bit(x: Tensor, what: str, atol: float = EIGHT_BIT_ATOL) -> None:
+    """Checks that every value is a multiple of 1/255 (an 8-bit pixel scaled to [0, 1]).
+
+    Args:
+        x: [N, D] values in [0, 1]; checked in blocks of rows, in float64.
+        what: names the data in the error message, e.g. "mnist: training images".
+        atol: tolerance, in units of 1/255 (float32 k/255 is within ~1e-5 of k/255).
+
+    Raises:
+        DataError: some value is not k/255; the message gives one such value.
+    """
+    for block in x.split(_CHECK_ROWS):
+        scaled = block.detach().cpu().double() * 255.0
+        off = (scaled - scaled.round()).abs()
+        if off.numel() and off.max().item() > atol:
+            value = block.flatten()[off.flatten().argmax()].item()
+            raise DataError(
+                f"{what} are not 8-bit values: e.g. {value:.6g} = {value * 255:.4g}/255 is not k/255 for an "
+                "integer k. 8-bit modelling (binarize=False) needs pixels saved as uint8 (or k/255); "
+                "keep binarize=True to model these grey values as Bernoulli probabilities"
+            )
 
 
 def random_split_indices(n: int, n_val: int, n_test: int, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:

@@ -12,7 +12,8 @@ a dense array::
 Files are often gzip-compressed; :func:`read_idx` detects that from the magic bytes ``1f 8b``, not
 from the file name. Downloads are checked against the md5 of the official ``.gz`` files. Files found
 locally are NOT checksummed (the Debian ``dataset-fashion-mnist`` package recompresses them, so their
-md5s differ); they are validated structurally by :func:`read_idx` instead.
+md5s differ); they are validated structurally by :func:`read_idx` instead. A file without a published
+md5 (Omniglot's ``chardata.mat``) is downloaded with a structural ``verify`` check instead of an md5.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -74,6 +75,8 @@ IDX_DTYPES: dict[int, np.dtype] = {
     0x0D: np.dtype(">f4"),
     0x0E: np.dtype(">f8"),
 }
+
+Verifier = Callable[[Path], object]  # raises DataError when a downloaded file is not what it should be
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _DOWNLOAD_TIMEOUT_S = 30.0
@@ -173,24 +176,41 @@ def _copy_with_md5(url: str, out: BinaryIO) -> str:
     return digest.hexdigest()
 
 
-def download(url: str, dest: Path, md5: str) -> Path:
-    """Downloads ``url`` to ``dest`` atomically, checking its md5.
+def _check_download(url: str, tmp: Path, md5: str | None, actual: str, verify: Verifier | None) -> None:
+    """Raises DataError when the downloaded ``tmp`` fails its md5 or its structural check."""
+    if md5 is not None and actual != md5.lower():
+        raise DataError(f"md5 mismatch for {url}: expected {md5}, got {actual}; the file was discarded")
+    if verify is not None:
+        try:
+            verify(tmp)
+        except DataError as err:
+            raise DataError(
+                f"the file downloaded from {url} failed its check ({err}); it was discarded"
+            ) from err
+
+
+def download(url: str, dest: Path, md5: str | None, verify: Verifier | None = None) -> Path:
+    """Downloads ``url`` to ``dest`` atomically, checking its md5 and/or its structure.
 
     The bytes go to a temporary file in ``dest``'s folder, which is moved into place with
-    ``os.replace`` only when its md5 matches, so ``dest`` is never left half-written.
+    ``os.replace`` only when its checks pass, so ``dest`` is never left half-written.
 
     Args:
         url: any URL urllib opens (``https://``, ``http://``, ``file://``).
         dest: where the file should end up; its folder is created if needed.
-        md5: the expected md5 hex digest of the downloaded bytes.
+        md5: the expected md5 hex digest of the downloaded bytes, or None when no checksum is
+            published (then pass ``verify``).
+        verify: called with the downloaded temporary file; raises DataError when its content is
+            wrong (e.g. missing keys or wrong shapes).
 
     Returns:
         ``dest``.
 
     Raises:
-        DataError: the download failed (network error, timeout after ~30 s, missing URL), or the md5
-            did not match. No temporary file is left behind.
+        DataError: the download failed (network error, timeout after ~30 s, missing URL), the md5
+            did not match, or ``verify`` rejected the file. No temporary file is left behind.
     """
+    assert md5 is not None or verify is not None, "a download needs an md5 or a verify function"
     dest = Path(dest)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -208,21 +228,21 @@ def download(url: str, dest: Path, md5: str) -> Path:
                 f"download of {url} failed ({err}); without network access, pass --data-dir pointing "
                 f"at a folder that holds {dest.name}"
             ) from err
-        if actual != md5.lower():
-            raise DataError(f"md5 mismatch for {url}: expected {md5}, got {actual}; the file was discarded")
+        _check_download(url, tmp, md5, actual, verify)
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
     return dest
 
 
-def download_any(urls: Sequence[str], dest: Path, md5: str) -> Path:
+def download_any(urls: Sequence[str], dest: Path, md5: str | None, verify: Verifier | None = None) -> Path:
     """Tries :func:`download` from each URL in turn (mirrors) until one succeeds.
 
     Args:
         urls: candidate URLs for the same file, best first.
         dest: where the file should end up.
-        md5: the expected md5 hex digest.
+        md5: the expected md5 hex digest, or None (then ``verify`` checks the file).
+        verify: structural check of the downloaded file (see :func:`download`).
 
     Returns:
         ``dest``.
@@ -233,7 +253,7 @@ def download_any(urls: Sequence[str], dest: Path, md5: str) -> Path:
     failures = []
     for url in urls:
         try:
-            return download(url, dest, md5)
+            return download(url, dest, md5, verify)
         except DataError as err:
             logger.warning("%s", err)
             failures.append(str(err))
