@@ -55,7 +55,12 @@ def resolve_device(name: str) -> torch.device:
 def prepare(config: RunConfig) -> tuple[RunConfig, DataSplits]:
     """Load the data and validate the config against it (resolving M = N/2)."""
     validate(config)  # cheap checks before touching any file
-    data = load_dataset(config.data.dataset, config.data.data_dir, train_size=config.data.train_size)
+    data = load_dataset(
+        config.data.dataset,
+        config.data.data_dir,
+        train_size=config.data.train_size,
+        binarize=config.data.binarize,
+    )
     return validate(config, data.num_train), data
 
 

@@ -22,7 +22,12 @@ logger = logging.getLogger("exemplar_vae")
 
 # CLI flag -> (config section, field); None defaults mean "not given: keep the config's value".
 TRAIN_FLAGS: dict[str, tuple[str, str, type, str]] = {
-    "--dataset": ("data", "dataset", str, "fashion-mnist, mnist, digits, or PATH.npz"),
+    "--dataset": (
+        "data",
+        "dataset",
+        str,
+        "fashion-mnist, mnist, omniglot, celeba, digits, PATH.npz, or a folder of images",
+    ),
     "--data-dir": ("data", "data_dir", str, "folder with the dataset's standard files"),
     "--train-size": ("data", "train_size", int, "keep only the first N training images"),
     "--arch": ("model", "arch", str, f"network: {', '.join(ARCH_NAMES)} (the prior scores the top latent)"),
@@ -73,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
     p.add_argument("--no-leave-one-out", action="store_true", help="let a training point be its own exemplar")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--binarize", action=argparse.BooleanOptionalAction, default=None,
+        help="binary data with dynamic binarisation and a Bernoulli likelihood, or (--no-binarize) 8-bit "
+        "values with a discretised logistic; default: the dataset's own (MNIST family, Omniglot: binarised; "
+        "CelebA: 8-bit; .npz and folders: binarised)",
+    )  # fmt: skip
     for flag, (_, _, typ, help_) in TRAIN_FLAGS.items():
         p.add_argument(flag, type=typ, default=None, help=help_)
 
@@ -199,6 +210,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
             given[section][name] = value
     if args.no_leave_one_out:
         given["prior"]["leave_one_out"] = False
+    if args.binarize is not None:
+        given["data"]["binarize"] = args.binarize
     if args.resume:
         allowed = {"epochs", "device", "early_stopping"}
         changed = {n for s in given.values() for n in s} - allowed
