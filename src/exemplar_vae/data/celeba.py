@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from tqdm.auto import tqdm
 
 from exemplar_vae.data.images import decode_image
 from exemplar_vae.errors import ConfigError, DataError
+from exemplar_vae.training.checkpoint import atomic_write
 
 __all__ = [
     "CELEBA_IMAGE_DIR",
@@ -179,20 +179,8 @@ def _read_cache(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
 
 
 def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    """``np.save`` to a temporary file beside ``path``, then ``os.replace``: never half a file.
-
-    Streams the array to disk (checkpoint.atomic_write_bytes would need all its bytes in memory).
-    """
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``np.save`` streamed to a temporary file beside ``path``, then renamed: never half a file."""
+    atomic_write(path, lambda f: np.save(f, array))
 
 
 def _check_present(image_dir: Path, names: Sequence[str], partition: Path) -> None:
