@@ -77,17 +77,23 @@ def log_weight_bounds(
     """Lower and upper bounds on the log-weights of ``log_weights`` (same samples for the same generator
     state), from the prior's ``batch_bounds``; equal where the prior is scored exactly.
 
+    All S samples of the batch are drawn first (memory S * B * d codes) and bounded in one call; a bounds
+    function with ``weighted = True`` also receives the rest of each log-weight [S, B], so it can spend
+    its refinement on the samples that dominate the estimate.
+
     Returns:
         ([S, B], [S, B]) float64.
     """
-    lows, ups, bounds = [], [], None
+    codes, bases, mean = [], [], None
     for z, base, mean in _proposal_terms(model, x, num_samples, max_rows, generator):
-        if bounds is None:
-            bounds = model.prior.batch_bounds(mean, model.encoder)
-        lo, up = bounds(z)
-        lows.append(base + lo.double())
-        ups.append(base + up.double())
-    return torch.cat(lows), torch.cat(ups)
+        codes.append(z)
+        bases.append(base)
+    assert mean is not None
+    z, base = torch.cat(codes), torch.cat(bases)  # [S, B, d], [S, B]: all samples, so that bounds that
+    # refine where the importance weights are large (``weighted``) see every weight at once
+    bounds = model.prior.batch_bounds(mean, model.encoder)
+    lo, up = bounds(z, base) if getattr(bounds, "weighted", False) else bounds(z)
+    return base + lo.double(), base + up.double()
 
 
 def importance_sampled_log_likelihood(

@@ -24,8 +24,10 @@ from the cache in blocks (memory stays bounded for 50k exemplars and thousands o
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -121,74 +123,287 @@ def candidate_log_prob(z: Tensor, candidates: Tensor, log_var: Tensor, num_total
     return (lse - 0.5 * d * (LOG_2PI + log_var.to(z.dtype)) - math.log(num_total)).transpose(0, 1)
 
 
-def build_clusters(
-    codes: Tensor, num_clusters: int, iters: int = 10, seed: int = 0
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Partition exemplar codes with a few Lloyd (k-means) iterations, for distance bounds.
+SHRINK = 1.0 - 1e-5  # float32 squared distances (1 - 1e-5)(|z|^2 + |c|^2) - 2 z.c are below the exact ones
+LSE_MARGIN = 1e-3  # nats added to a float32 log-sum-exp of up to 1e4 terms, above its rounding error
 
-    The bounds built on this partition are valid whatever the quality of the clustering: each cluster's
-    radius is the exact largest distance of its members to its centroid (computed in float64).
+
+class CodeTree(NamedTuple):
+    """A ball tree over exemplar codes (hierarchical k-means), for certified bounds on dropped mass.
+
+    Node j holds the codes ``order[start[j]:end[j]]`` (contiguous: children split their parent's range).
+    Every member lies in the shell ``inner[j] <= ||c - center[j]|| <= radius[j]`` (exact, float64).
+    """
+
+    order: Tensor  # [N] int64: code rows in tree order
+    codes: Tensor  # [N, d] float64: the codes in tree order
+    start: Tensor  # [J] int64
+    end: Tensor  # [J] int64
+    center: Tensor  # [J, d] float64: the mean of the node's members
+    radius: Tensor  # [J] float64: largest member distance to the centre
+    inner: Tensor  # [J] float64: smallest member distance to the centre
+    first_child: Tensor  # [J] int64: children are first_child .. first_child + num_children - 1
+    num_children: Tensor  # [J] int64: 0 for a leaf
+
+
+def _split_node(x: Tensor, branch: int, iters: int, gen: torch.Generator) -> list[Tensor]:
+    """Rows of x grouped by a few Lloyd iterations with ``branch`` centroids; halves if k-means cannot
+    split them (e.g. duplicated codes). Returns a list of at least two index tensors."""
+    k = min(branch, x.shape[0])
+    centroids = x[torch.randperm(x.shape[0], generator=gen)[:k].to(x.device)]  # [k, d]
+    for _ in range(iters):
+        assign = squared_distances(x, centroids).argmin(1)  # [n]
+        onehot = torch.nn.functional.one_hot(assign, k).to(x.dtype)  # [n, k]
+        counts = onehot.sum(0).unsqueeze(1)  # [k, 1]
+        centroids = torch.where(counts > 0, (onehot.T @ x) / counts.clamp_min(1), centroids)
+    assign = squared_distances(x, centroids).argmin(1)
+    groups = [g for g in (torch.nonzero(assign == j).squeeze(1) for j in range(k)) if g.numel() > 0]
+    if len(groups) < 2:
+        half = x.shape[0] // 2
+        rows = torch.arange(x.shape[0], device=x.device)
+        groups = [rows[:half], rows[half:]]
+    return groups
+
+
+def build_code_tree(
+    codes: Tensor, branch: int = 8, leaf_size: int = 32, iters: int = 5, seed: int = 0
+) -> CodeTree:
+    """Split the codes recursively with k-means (``branch`` children) until nodes hold ``leaf_size`` or
+    fewer. The bounds built on the tree are valid whatever the clustering quality: each node's shell is
+    measured exactly (float64) from its members.
 
     Args:
         codes: [N, d] exemplar codes.
-        num_clusters: G (capped at N).
-        iters: Lloyd iterations.
+        branch: children per split.
+        leaf_size: largest leaf.
+        iters: Lloyd iterations per split.
         seed: seeds the initial centroids.
-
-    Returns:
-        (centroids [G, d] float64, radii [G] float64, assignment [N] int64).
     """
-    x = codes.double()
-    g = min(num_clusters, x.shape[0])
+    x = codes.detach().float()  # the split only steers the bounds; they are measured in float64 below
+    n = x.shape[0]
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    centroids = x[torch.randperm(x.shape[0], generator=gen)[:g].to(x.device)]  # [G, d]
-    for _ in range(iters):
-        assign = squared_distances(x, centroids).argmin(1)  # [N]
-        sums = torch.zeros_like(centroids).index_add_(0, assign, x)
-        counts = torch.bincount(assign, minlength=g).unsqueeze(1).double()  # [G, 1]
-        centroids = torch.where(counts > 0, sums / counts.clamp_min(1), centroids)
-    assign = squared_distances(x, centroids).argmin(1)
-    dist = (x - centroids[assign]).norm(dim=1)  # [N]
-    radii = torch.zeros(g, dtype=torch.float64, device=x.device).scatter_reduce_(0, assign, dist, "amax")
-    return centroids, radii, assign
+    order = torch.empty(n, dtype=torch.int64, device=x.device)
+    nodes: list[list[int]] = [[0, n, 0, 0]]  # start, end, first_child, num_children
+    members = {0: torch.arange(n, device=x.device)}  # node -> its rows of x (until placed)
+    queue = [0]
+    while queue:
+        j = queue.pop()
+        rows = members.pop(j)
+        start = nodes[j][0]
+        if rows.numel() <= leaf_size:
+            order[start : start + rows.numel()] = rows
+            continue
+        nodes[j][2:] = [len(nodes), 0]
+        for group in _split_node(x[rows], branch, iters, gen):
+            child = len(nodes)
+            nodes.append([start, start + group.numel(), 0, 0])
+            members[child] = rows[group]
+            start += group.numel()
+            nodes[j][3] += 1
+            queue.append(child)
+    table = torch.tensor(nodes, dtype=torch.int64, device=x.device)  # [J, 4]
+    st, en = table[:, 0], table[:, 1]
+    x = codes.detach().double()
+    xs = x[order]  # [N, d] tree order
+    prefix = torch.cat([torch.zeros(1, x.shape[1], dtype=x.dtype, device=x.device), xs.cumsum(0)])
+    center = (prefix[en] - prefix[st]) / (en - st).unsqueeze(1).to(x.dtype)  # [J, d]
+    radius = torch.empty(len(nodes), dtype=x.dtype, device=x.device)
+    inner = torch.empty_like(radius)
+    for j, (s0, e0) in enumerate(zip(st.tolist(), en.tolist(), strict=True)):
+        dist = (xs[s0:e0] - center[j]).norm(dim=1)  # [n_j], direct differences
+        radius[j], inner[j] = dist.max(), dist.min()
+    return CodeTree(order, xs, st, en, center, radius, inner, table[:, 2], table[:, 3])
 
 
-def dropped_mass_upper_bound(
+class Refinement(NamedTuple):
+    """Result of ``refine_dropped_mass`` for one test point, in log-kernel units (no normaliser)."""
+
+    log_exact: Tensor  # [S] log sum of exp(-||z_s - c_n||^2 / 2 s^2) over the exemplars evaluated exactly
+    log_bound: Tensor  # [S] upper bound on the same sum over the exemplars still bounded
+    evaluated: float  # exact kernel evaluations / S: exemplars evaluated exactly, in whole-sample units
+    nodes: int  # tree nodes whose bounds were computed
+
+
+def _ranges(lo: Tensor, hi: Tensor) -> Tensor:
+    """Concatenated ``arange(lo[i], hi[i])``: [F], [F] -> [sum(hi - lo)] int64."""
+    sizes = hi - lo  # [F]
+    offsets = torch.repeat_interleave(lo - torch.cumsum(sizes, 0) + sizes, sizes)
+    return torch.arange(int(sizes.sum()), device=lo.device) + offsets
+
+
+def refine_dropped_mass(
     z: Tensor,
+    origin: Tensor,
+    log_weight: Tensor,
+    log_kept: Tensor,
+    tree: CodeTree,
+    dropped: Tensor,
+    reach: Tensor,
     log_var: Tensor,
-    centroids: Tensor,
-    radii: Tensor,
-    remaining: Tensor,
-    anchor: Tensor,
-    anchor_radius: Tensor,
-) -> Tensor:
-    """Upper bound on log sum_{n dropped} N(z; c_n, sigma^2 I) for exemplars left out of a truncation.
+    tolerance: float,
+    budget: float,
+) -> Refinement:
+    """Bound the kernel mass of the exemplars a truncation dropped, refining where it matters.
 
-    Every dropped exemplar n of cluster g satisfies ||z - c_n|| >= ||z - centroid_g|| - radius_g, and (as it
-    was not among the candidates nearest the test point's anchor) ||z - c_n|| >= anchor_radius - ||z -
-    anchor||. The kernel decreases with distance, so each cluster contributes at most (its dropped count)
-    x the kernel at the larger of the two distance bounds (clamped at 0).
+    A tree node's dropped members lie in its shell, so each contributes at most the kernel at the
+    distance ``max(||z - center|| - radius, inner - ||z - center||, reach, 0)``. The weighted gap
+    ``log(1 + sum_s a_s (exact_s + bound_s) / sum_s a_s kept_s)`` (a_s = exp(log_weight_s)) bounds how far
+    the truncated importance-sampling estimate lies below the full-prior one. While it exceeds
+    ``tolerance``, the nodes with the largest weighted bounds leave the frontier: an inner node for its
+    children, a leaf for the exact kernel sums of its dropped members, computed for the samples that carry
+    its weighted bound (the others keep the leaf's bound). It stops when the gap is met, when the exact
+    evaluations would pass ``budget``, or when the mass already evaluated exceeds the tolerance alone.
+
+    Exact sums are taken in float32 on codes centred at ``origin``: each squared distance is lowered by
+    1e-5 (||z||^2 + ||c||^2), above the worst-case float32 rounding of the expansion in d <= 100
+    dimensions (about d * 6e-8 * (||z||^2 + ||c||^2)), and each sum raised by ``LSE_MARGIN`` nats, above the
+    float32 rounding of a log-sum-exp; so they stay upper bounds (on masses that are only compared with
+    the tolerance).
 
     Args:
-        z: [S, B, d] codes, column b drawn for test point b.
+        z: [S, d] float64 codes drawn for one test point.
+        origin: [d] float64, the point the truncation searched around (the encoder mean).
+        log_weight: [S] float64 log a_s (the rest of the importance log-weight).
+        log_kept: [S] float64 log sum of exp(-||z_s - c||^2 / 2 sigma^2) over the kept candidates.
+        tree: the ball tree of the codes.
+        dropped: [N] bool in tree order, True for the exemplars the truncation left out.
+        reach: [S] float64 lower bound on the distance from z_s to any dropped exemplar.
         log_var: scalar log sigma^2.
-        centroids: [G, d] cluster centroids; radii: [G] cluster radii.
-        remaining: [B, G] number of dropped exemplars of each cluster, per test point.
-        anchor: [B, d] the point each truncation searched around (the encoder mean).
-        anchor_radius: [B] distance from the anchor to its farthest kept candidate.
-
-    Returns:
-        [S, B] float64 upper bounds (-inf where nothing was dropped).
+        tolerance: target gap in nats.
+        budget: most exact kernel evaluations, in units of S (whole-sample exemplars).
     """
-    s, b, d = z.shape
-    z64 = z.double()
-    to_centroid = squared_distances(z64.reshape(s * b, d), centroids).sqrt().reshape(s, b, -1)  # [S, B, G]
-    by_cluster = (to_centroid - radii).clamp_min(0.0)  # [S, B, G]
-    by_anchor = (anchor_radius.double() - (z64 - anchor.double()).norm(dim=-1)).clamp_min(0.0)  # [S, B]
-    lower_dist = torch.maximum(by_cluster, by_anchor.unsqueeze(-1))  # [S, B, G]
-    log_k = isotropic_log_kernel(lower_dist.pow(2), log_var.double(), d)  # [S, B, G]
-    log_count = torch.log(remaining.double()).unsqueeze(0)  # [1, B, G], -inf where none dropped
-    return torch.logsumexp(log_k + log_count, dim=-1)
+    prec = float(torch.exp(-log_var.double()))
+    counts = torch.cat([dropped.new_zeros(1, dtype=torch.int64), dropped.long().cumsum(0)])  # [N + 1]
+    target = float(torch.logsumexp(log_weight + log_kept, 0)) + math.log(math.expm1(tolerance))
+    # samples whose weighted bound is negligible even with every dropped exemplar at distance ``reach``
+    # keep that bound and drop out of the refinement
+    reach = reach.clamp_min(0) * (1 - 1e-9)
+    crude = math.log(max(1, int(counts[-1]))) - 0.5 * prec * reach.pow(2)  # [S]
+    heavy = _fewest_largest(log_weight + crude, target - math.log(4.0))  # [H]
+    light = torch.ones(z.shape[0], dtype=torch.bool, device=z.device)
+    light[heavy] = False
+    settled = float(torch.logsumexp(log_weight[light] + crude[light], 0)) if light.any() else -math.inf
+    log_exact = torch.full_like(crude, float("-inf"))
+    log_bound = torch.where(light, crude, log_exact)
+    budget_pairs = budget * z.shape[0]
+    ref = _refine_samples(
+        z[heavy], origin, log_weight[heavy], tree, dropped, counts, reach[heavy], prec, target, settled,
+        budget_pairs,
+    )  # fmt: skip
+    log_exact[heavy], log_bound[heavy] = ref.log_exact, ref.log_bound
+    return Refinement(log_exact, log_bound, ref.evaluated / z.shape[0], ref.nodes)
+
+
+def _refine_samples(
+    z: Tensor,
+    origin: Tensor,
+    log_weight: Tensor,
+    tree: CodeTree,
+    dropped: Tensor,
+    counts: Tensor,
+    reach: Tensor,
+    prec: float,
+    target: float,
+    settled_before: float,
+    budget: float,
+) -> Refinement:
+    """The refinement loop of ``refine_dropped_mass`` on a subset of the samples (``evaluated`` in kernel
+    evaluations); ``settled_before`` is the weighted log-mass already bounded for the other samples."""
+    s = z.shape[0]
+    zc = (z - origin).float()  # [S, d]
+    zc_sq = SHRINK * zc.pow(2).sum(1)  # [S]
+    log_exact = torch.full((s,), float("-inf"), dtype=torch.float64, device=z.device)
+    log_frozen = log_exact.clone()  # bounds of leaves taken off the frontier but not evaluated for s
+
+    def bound(nodes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(nodes with dropped members [F], log bounds [S, F], weighted scores [F])."""
+        remaining = counts[tree.end[nodes]] - counts[tree.start[nodes]]  # [F]
+        nodes, remaining = nodes[remaining > 0], remaining[remaining > 0]
+        dist = torch.cdist(z, tree.center[nodes])  # [S, F] float64
+        lower = torch.maximum(dist - tree.radius[nodes], tree.inner[nodes] - dist)
+        lower = torch.maximum(lower * (1 - 1e-9), reach.unsqueeze(1)).clamp_min(0)
+        log_c = torch.log(remaining.double()) - 0.5 * prec * lower.pow(2)  # [S, F]
+        return nodes, log_c, torch.logsumexp(log_weight.unsqueeze(1) + log_c, 0)
+
+    nodes, log_c, score = bound(torch.zeros(1, dtype=torch.int64, device=z.device))
+    blocks, offsets = [log_c], [0]  # columns of the frontier, added block by block
+    alive = torch.ones(nodes.numel(), dtype=torch.bool, device=z.device)
+    pairs, visited = 0, 1
+    while alive.any():
+        settled = float(torch.logsumexp(log_weight + torch.logaddexp(log_exact, log_frozen), 0))
+        settled = float(torch.logaddexp(torch.tensor(settled), torch.tensor(settled_before)))
+        live = torch.nonzero(alive).squeeze(1)
+        total = float(torch.logaddexp(torch.tensor(settled), torch.logsumexp(score[live], 0)))
+        if total <= target or settled >= target:
+            break
+        room = target + math.log1p(-math.exp(settled - target))  # what the bounds may still add
+        # take off the frontier the fewest largest nodes that leave at most half the room to the rest
+        chosen = live[_fewest_largest(score[live], room - math.log(2.0))]
+        pick = nodes[chosen]
+        leaf = tree.num_children[pick] == 0
+        if leaf.any():  # leaves: exact distances; exact sums only for the samples that need them
+            leaves = pick[leaf]
+            rows = _ranges(tree.start[leaves], tree.end[leaves])  # tree-order positions
+            rows = rows[dropped[rows]]  # [E], leaf by leaf
+            if pairs + s * rows.numel() > budget:
+                break
+            sizes = counts[tree.end[leaves]] - counts[tree.start[leaves]]  # [L] dropped members per leaf
+            xc = (tree.codes[rows] - origin).float()  # [E, d]
+            # (1 - 1e-5)(|z|^2 + |c|^2) - 2 z.c <= ||z - c||^2 despite float32 rounding (see docstring)
+            sq = torch.addmm(SHRINK * xc.pow(2).sum(1, keepdim=True) + zc_sq, xc, zc.T, alpha=-2.0)
+            sq = sq.clamp_min(0)  # [E, S]
+            nearest = torch.segment_reduce(sq, "min", lengths=sizes, axis=0)  # [L, S]
+            log_near = torch.log(sizes.float()).unsqueeze(1) - 0.5 * prec * nearest  # [L, S]
+            log_leaf = torch.logsumexp(log_near, 0).double() + LSE_MARGIN  # [S] >= the leaves' mass
+            heavy = _fewest_largest(log_weight + log_leaf, room - math.log(4.0))  # [H] sample ids
+            log_sum = torch.logsumexp(-0.5 * prec * sq[:, heavy], 0).double() + LSE_MARGIN  # [H]
+            log_exact[heavy] = torch.logaddexp(log_exact[heavy], log_sum)
+            light = torch.ones(s, dtype=torch.bool, device=z.device)
+            light[heavy] = False
+            log_frozen[light] = torch.logaddexp(log_frozen[light], log_leaf[light])
+            pairs += s * rows.numel()
+        alive[chosen] = False
+        first = tree.first_child[pick[~leaf]]
+        children = _ranges(first, first + tree.num_children[pick[~leaf]])  # node ids
+        visited += children.numel()
+        if children.numel():
+            new, log_c, new_score = bound(children)
+            offsets.append(nodes.numel())
+            blocks.append(log_c)
+            nodes, score = torch.cat([nodes, new]), torch.cat([score, new_score])
+            alive = torch.cat([alive, torch.ones(new.numel(), dtype=torch.bool, device=z.device)])
+    open_sums = [
+        torch.logsumexp(block[:, alive[o : o + block.shape[1]]], 1)
+        for block, o in zip(blocks, offsets, strict=True)
+    ]
+    log_bound = torch.logsumexp(torch.stack([log_frozen, *open_sums]), 0)
+    return Refinement(log_exact, log_bound, pairs, visited)
+
+
+def _columns(blocks: list[Tensor], offsets: list[int], index: Tensor) -> Tensor:
+    """Columns ``index`` (global, sorted or not) of the blocks laid side by side: [S, len(index)]."""
+    parts = []
+    for block, o in zip(blocks, offsets, strict=True):
+        mine = index[(index >= o) & (index < o + block.shape[1])]
+        parts.append(block[:, mine - o])
+    return torch.cat(parts, 1)
+
+
+def _fewest_largest(log_values: Tensor, limit: float) -> Tensor:
+    """Indices of the fewest largest entries whose removal leaves log-sum-exp <= ``limit`` (at least one)."""
+    ranked, order = log_values.sort(descending=True)
+    tail = torch.logcumsumexp(ranked.flip(0), 0).flip(0)  # tail[i] = log sum of ranked[i:]
+    fits = torch.nonzero(tail <= limit)
+    return order[: max(1, int(fits[0]) if fits.numel() else order.numel())]
+
+
+@dataclass
+class CertifyStats:
+    """Work done by the certified bounds since the last reset (summed over test points)."""
+
+    points: int = 0
+    evaluated: float = 0.0  # exact kernel evaluations / S beyond the kept candidates
+    nodes: int = 0  # tree nodes bounded
+    seconds: float = 0.0
 
 
 class ExemplarPrior(Prior):
@@ -229,9 +444,13 @@ class ExemplarPrior(Prior):
         # Evaluation: None scores every code against all N exemplars; K keeps, for each test point, the K
         # exemplars whose codes are nearest its encoder mean (a lower bound; see ``batch_scorer``).
         self.eval_candidates: int | None = None
-        self.bound_clusters: int | None = None  # k-means clusters behind the certified bounds (None: sqrt N)
-        self._cluster_source: Tensor | None = None  # the cache tensor the partition below was built from
-        self._cluster_cache: tuple[Tensor, Tensor, Tensor] = (torch.empty(0), torch.empty(0), torch.empty(0))
+        # Certified bounds (``batch_bounds``): refine until the certified gap of a test point is below
+        # ``certify_tolerance`` nats or ``certify_budget`` x N exemplars were evaluated exactly for it.
+        self.certify_tolerance = 0.01
+        self.certify_budget = 0.5
+        self.certify_stats = CertifyStats()
+        self._tree_source: Tensor | None = None  # the cache tensor the tree below was built from
+        self._tree: CodeTree | None = None
 
     # -- exemplar set -------------------------------------------------------------------------------
     @property
@@ -327,45 +546,21 @@ class ExemplarPrior(Prior):
         log_var = self.log_var.detach()
         return lambda z: candidate_log_prob(z, candidates, log_var, self.num_total)
 
-    def _num_bound_clusters(self) -> int:
-        g = self.bound_clusters if self.bound_clusters is not None else round(math.sqrt(self.num_total))
-        return max(1, min(self.num_total, g))
-
-    def _clusters(self) -> tuple[Tensor, Tensor, Tensor]:
-        """The k-means partition of the current cache used by ``batch_bounds`` (rebuilt after a refresh)."""
+    def code_tree(self) -> CodeTree:
+        """The ball tree over the current cache used by ``batch_bounds`` (rebuilt after a refresh)."""
         codes = self.cache.get()
-        if self._cluster_source is not codes or self._cluster_cache[0].shape[0] != self._num_bound_clusters():
-            g = self._num_bound_clusters()
-            self._cluster_cache = build_clusters(codes, g)
-            self._cluster_source = codes
-        return self._cluster_cache
+        if self._tree is None or self._tree_source is not codes:
+            self._tree = build_code_tree(codes)
+            self._tree_source = codes
+        return self._tree
 
-    def batch_bounds(self, mean: Tensor, encoder: Encoder) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
-        """Certified bounds for the truncated evaluation: (the truncated value, that value plus an upper
-        bound on the mass of the dropped exemplars, from a k-means partition of the codes and the
-        truncation radius; see ``dropped_mass_upper_bound``)."""
+    def batch_bounds(self, mean: Tensor, encoder: Encoder) -> Callable[..., tuple[Tensor, Tensor]]:
+        """Certified bounds for the truncated evaluation: f(z [S, B, d], log_weight [S, B] or None) ->
+        (the truncated value, an upper bound on the full prior), both [S, B]; see ``TruncationBounds``."""
         truncation = self._truncation(mean)
         if truncation is None:
             return super().batch_bounds(mean, encoder)
-        codes = self.cache.get()
-        sq_dist, nearest = truncation  # [B, K] each
-        candidates = codes[nearest]  # [B, K, d]
-        centroids, radii, assign = self._clusters()
-        g = centroids.shape[0]
-        kept = torch.zeros(mean.shape[0], g, dtype=torch.float64, device=codes.device)
-        kept.scatter_add_(1, assign[nearest], torch.ones_like(nearest, dtype=torch.float64))  # [B, G]
-        remaining = torch.bincount(assign, minlength=g).double().unsqueeze(0) - kept  # [B, G]
-        # the K-th distance, shrunk by a relative 1e-6 so float32 rounding in the search cannot loosen it
-        anchor_radius = sq_dist[:, -1].double().clamp_min(0).sqrt() * (1 - 1e-6)  # [B]
-        log_var = self.log_var.detach()
-        log_n = math.log(self.num_total)
-
-        def bounds(z: Tensor) -> tuple[Tensor, Tensor]:
-            lower = candidate_log_prob(z, candidates, log_var, self.num_total)  # [S, B]
-            dropped = dropped_mass_upper_bound(z, log_var, centroids, radii, remaining, mean, anchor_radius)
-            return lower, torch.logaddexp(lower.double() + log_n, dropped) - log_n
-
-        return bounds
+        return TruncationBounds(self, mean, truncation[1])
 
     @torch.no_grad()
     def sample(
@@ -384,3 +579,64 @@ class ExemplarPrior(Prior):
 
     def extra_metrics(self) -> dict[str, Any]:
         return {"prior_log_var": float(self.log_var.detach())}
+
+
+class TruncationBounds:
+    """Certified bounds for the truncated exemplar prior over a batch of test points.
+
+    Called as f(z [S, B, d], log_weight [S, B] | None) -> (lower, upper), both [S, B]:
+
+    * lower: the truncated value, the mixture over each test point's kept candidates (float32, equal to
+      ``batch_scorer``'s), a lower bound on the full prior;
+    * upper: the kept candidates' mass in float64, plus the dropped exemplars' mass bounded through
+      ``refine_dropped_mass``, which refines the ball tree until the test point's gap is below the
+      prior's ``certify_tolerance``. The gap is weighted by exp(log_weight) -- the rest of the importance
+      log-weight, so the tolerance applies to the importance-sampled estimate; without it every sample
+      counts by its relative error.
+
+    ``weighted = True`` tells ``objectives.likelihood.log_weight_bounds`` to pass the log-weights.
+    """
+
+    weighted = True
+
+    def __init__(self, prior: ExemplarPrior, mean: Tensor, nearest: Tensor) -> None:
+        self.prior, self.nearest = prior, nearest  # [B, K] rows of the cache
+        self.mean = mean.detach().double()  # [B, d]
+        self.log_var = prior.log_var.detach()
+
+    def __call__(self, z: Tensor, log_weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        start = time.perf_counter()
+        prior, tree = self.prior, self.prior.code_tree()
+        codes = prior.cache.get()
+        n, d = codes.shape
+        lower = candidate_log_prob(z, codes[self.nearest], self.log_var, n)  # [S, B]
+        prec = float(torch.exp(-self.log_var.double()))
+        position = torch.empty_like(tree.order)
+        position[tree.order] = torch.arange(n, device=codes.device)  # cache row -> tree position
+        to_mean = squared_distances(self.mean, tree.codes).clamp_min(0).sqrt()  # [B, N] float64
+        uppers = []
+        for b in range(z.shape[1]):
+            zb = z[:, b].double()  # [S, d]
+            log_kept = torch.logsumexp(
+                -0.5 * prec * squared_distances(zb, codes[self.nearest[b]].double()), 1
+            )
+            dropped = torch.ones(n, dtype=torch.bool, device=codes.device)
+            dropped[position[self.nearest[b]]] = False
+            if dropped.any():  # every dropped exemplar is at least this far from the anchor (the mean)
+                reach = to_mean[b][dropped].min() - (zb - self.mean[b]).norm(dim=1)
+                log_w = log_weight[:, b].double() if log_weight is not None else -log_kept
+                ref = refine_dropped_mass(
+                    zb, self.mean[b], log_w, log_kept, tree, dropped, reach, self.log_var,
+                    prior.certify_tolerance, prior.certify_budget * n,
+                )  # fmt: skip
+                total = torch.logsumexp(torch.stack([log_kept, ref.log_exact, ref.log_bound]), 0)
+                prior.certify_stats.evaluated += ref.evaluated
+                prior.certify_stats.nodes += ref.nodes
+            else:
+                total = log_kept
+            uppers.append(total)
+        log_norm = -0.5 * d * (LOG_2PI + float(self.log_var)) - math.log(n)
+        upper = torch.stack(uppers, 1) + log_norm  # [S, B]
+        prior.certify_stats.points += z.shape[1]
+        prior.certify_stats.seconds += time.perf_counter() - start
+        return lower, upper
