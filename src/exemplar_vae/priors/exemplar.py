@@ -245,13 +245,14 @@ def refine_dropped_mass(
     """Bound the kernel mass of the exemplars a truncation dropped, refining where it matters.
 
     A tree node's dropped members lie in its shell, so each contributes at most the kernel at the
-    distance ``max(||z - center|| - radius, inner - ||z - center||, reach, 0)``. The weighted gap
-    ``log(1 + sum_s a_s (exact_s + bound_s) / sum_s a_s kept_s)`` (a_s = exp(log_weight_s)) bounds how far
-    the truncated importance-sampling estimate lies below the full-prior one. While it exceeds
-    ``tolerance``, the nodes with the largest weighted bounds leave the frontier: an inner node for its
-    children, a leaf for the exact kernel sums of its dropped members, computed for the samples that carry
-    its weighted bound (the others keep the leaf's bound). It stops when the gap is met, when the exact
-    evaluations would pass ``budget``, or when the mass already evaluated exceeds the tolerance alone.
+    distance ``max(||z - center|| - radius, inner - ||z - center||, reach, 0)``. The full-prior
+    importance-sampling estimate then lies in an interval of width
+    ``log(1 + sum_s a_s bound_s / sum_s a_s (kept_s + exact_s))`` (a_s = exp(log_weight_s)) above the one
+    of the kept and exactly evaluated exemplars. While that width exceeds ``tolerance``, the nodes with the
+    largest weighted bounds leave the frontier: an inner node for its children, a leaf for the exact
+    distances of its dropped members; the exact kernel sums are taken for the samples that carry the
+    leaf's weighted bound, the others keep a bound from the leaf's nearest member. It stops when the
+    width is met, or when the exact evaluations would pass ``budget``.
 
     Exact sums are taken in float32 on codes centred at ``origin``: each squared distance is lowered by
     1e-5 (||z||^2 + ||c||^2), above the worst-case float32 rounding of the expansion in d <= 100
@@ -273,7 +274,8 @@ def refine_dropped_mass(
     """
     prec = float(torch.exp(-log_var.double()))
     counts = torch.cat([dropped.new_zeros(1, dtype=torch.int64), dropped.long().cumsum(0)])  # [N + 1]
-    target = float(torch.logsumexp(log_weight + log_kept, 0)) + math.log(math.expm1(tolerance))
+    log_tol = math.log(math.expm1(tolerance))
+    target = float(torch.logsumexp(log_weight + log_kept, 0)) + log_tol
     # samples whose weighted bound is negligible even with every dropped exemplar at distance ``reach``
     # keep that bound and drop out of the refinement
     reach = reach.clamp_min(0) * (1 - 1e-9)
@@ -286,8 +288,8 @@ def refine_dropped_mass(
     log_bound = torch.where(light, crude, log_exact)
     budget_pairs = budget * z.shape[0]
     ref = _refine_samples(
-        z[heavy], origin, log_weight[heavy], tree, dropped, counts, reach[heavy], prec, target, settled,
-        budget_pairs,
+        z[heavy], origin, log_weight[heavy], tree, dropped, counts, reach[heavy], prec, target, log_tol,
+        settled, budget_pairs,
     )  # fmt: skip
     log_exact[heavy], log_bound[heavy] = ref.log_exact, ref.log_bound
     return Refinement(log_exact, log_bound, ref.evaluated / z.shape[0], ref.nodes)
@@ -303,11 +305,14 @@ def _refine_samples(
     reach: Tensor,
     prec: float,
     target: float,
+    log_tol: float,
     settled_before: float,
     budget: float,
 ) -> Refinement:
     """The refinement loop of ``refine_dropped_mass`` on a subset of the samples (``evaluated`` in kernel
-    evaluations); ``settled_before`` is the weighted log-mass already bounded for the other samples."""
+    evaluations). ``target`` is log (e^tol - 1) + the weighted log-mass of the kept candidates (all
+    samples), raised as exact mass is found; ``settled_before`` is the weighted log-mass already bounded
+    for the other samples."""
     s = z.shape[0]
     zc = (z - origin).float()  # [S, d]
     zc_sq = SHRINK * zc.pow(2).sum(1)  # [S]
@@ -329,24 +334,31 @@ def _refine_samples(
     alive = torch.ones(nodes.numel(), dtype=torch.bool, device=z.device)
     pairs, visited = 0, 1
     while alive.any():
-        settled = float(torch.logsumexp(log_weight + torch.logaddexp(log_exact, log_frozen), 0))
+        found = float(torch.logsumexp(log_weight + log_exact, 0)) + log_tol
+        goal = float(torch.logaddexp(torch.tensor(target), torch.tensor(found)))  # tol x (kept + exact)
+        settled = float(torch.logsumexp(log_weight + log_frozen, 0))
         settled = float(torch.logaddexp(torch.tensor(settled), torch.tensor(settled_before)))
         live = torch.nonzero(alive).squeeze(1)
         total = float(torch.logaddexp(torch.tensor(settled), torch.logsumexp(score[live], 0)))
-        if total <= target or settled >= target:
+        if total <= goal or settled >= goal:
             break
-        room = target + math.log1p(-math.exp(settled - target))  # what the bounds may still add
+        room = goal + math.log1p(-math.exp(settled - goal))  # what the open bounds may still add
         # take off the frontier the fewest largest nodes that leave at most half the room to the rest
         chosen = live[_fewest_largest(score[live], room - math.log(2.0))]
         pick = nodes[chosen]
         leaf = tree.num_children[pick] == 0
         if leaf.any():  # leaves: exact distances; exact sums only for the samples that need them
-            leaves = pick[leaf]
+            sizes = counts[tree.end[pick[leaf]]] - counts[tree.start[pick[leaf]]]  # [L] dropped members
+            fits = pairs + s * torch.cumsum(sizes, 0) <= budget  # a prefix: the largest bounds first
+            if not fits[0]:
+                break
+            unfit = torch.nonzero(leaf).squeeze(1)[~fits]  # chosen leaves left open for want of budget
+            keep_open = torch.zeros_like(leaf)
+            keep_open[unfit] = True
+            chosen, pick, leaf = chosen[~keep_open], pick[~keep_open], leaf[~keep_open]
+            leaves, sizes = pick[leaf], sizes[fits]
             rows = _ranges(tree.start[leaves], tree.end[leaves])  # tree-order positions
             rows = rows[dropped[rows]]  # [E], leaf by leaf
-            if pairs + s * rows.numel() > budget:
-                break
-            sizes = counts[tree.end[leaves]] - counts[tree.start[leaves]]  # [L] dropped members per leaf
             xc = (tree.codes[rows] - origin).float()  # [E, d]
             # (1 - 1e-5)(|z|^2 + |c|^2) - 2 z.c <= ||z - c||^2 despite float32 rounding (see docstring)
             sq = torch.addmm(SHRINK * xc.pow(2).sum(1, keepdim=True) + zc_sq, xc, zc.T, alpha=-2.0)
