@@ -1,30 +1,37 @@
-"""Speed of training and evaluation per prior, on real Fashion-MNIST with the paper's MLP VAE.
+"""Speed of training and evaluation of the Exemplar VAE against FLOP floors, on real Fashion-MNIST.
 
-What it measures, all in one process so that the ratios compare like with like:
+Everything is measured in one run, so that the ratios compare like with like:
 
-1. Training step time per prior (batch 100, gated MLP 2x300, z = 40): the median over ``--steps`` steps,
-   after ``--warmup`` warm-up steps, of one iteration of ``Trainer.train_epoch`` (dynamic binarisation,
-   ``model(x, index, beta)``, backward, AdamNormGrad step). The steps are run by the library's own
-   ``Trainer.train_epoch`` on the first batches of its sampler, and timed between the ends of consecutive
-   optimiser steps (an optimiser post-step hook), so no training math is repeated here. Priors: Gaussian;
-   MoG and VampPrior with K = 500; the exemplar prior with retrieval augmented training (k = 10, M = N/2,
-   its cache refreshed at the start of the epoch as the loop does) and exact (k = 0, M = N/2, fewer steps:
-   ``--exact-steps``). For the kNN exemplar prior also: the cache refresh (encoding all N training
-   images), one ``Trainer.validate()`` pass with and without the refresh that precedes it in ``fit``, and
-   the number of distinct exemplars retrieved for one batch.
-2. Evaluation time per test point of the importance-sampled log-likelihood
-   (``objectives.importance_sampled_log_likelihood``) at S = ``--samples`` for the Gaussian and the exemplar
-   prior (all N training images as exemplars, eval mode), extrapolated to the whole test set.
+0. Machine rates: GFLOP/s of float32 matrix products of the decoder's shapes and of a large square one.
+   Decoder and encoder FLOPs are counted from the model's ``nn.Linear`` layers (2 x in x out per row; the
+   gates' element-wise work is left out, so the floors are lower bounds).
+1. Training step time per prior (batch 100, gated MLP 2x300, z = 40): the median over ``--steps`` steps of
+   one iteration of ``Trainer.train_epoch`` (after ``--warmup`` steps; timed between optimiser steps by a
+   post-step hook, so no training math is repeated here), against its FLOP floor: the batch's forward +
+   backward (3x the forward FLOPs) plus what the prior adds (VampPrior: its K pseudo-inputs through the
+   encoder; exemplar prior with k > 0: the retrieved union re-encoded with gradient, mean path only).
+   Epoch time = steps x median + the cache refresh, against the same floors. The kNN search of one batch
+   is timed apart (exact search: recall 1).
+2. Evaluation at the paper's protocol (10k test points, S = 5000, all N = 50k training images as
+   exemplars): ``evaluate_density`` with its defaults (prior truncated to the K = 1000 exemplars nearest
+   each test point) timed on ``--eval-points`` test points and extrapolated, against the decoder-FLOP
+   floor (10k x S x decoder FLOPs / decoder-shaped matmul rate). Beside it, on a few points with the same
+   importance samples: the brute force at matrix-product speed (the full prior over all N, float32
+   blocks), which also gives the truncation error of the default; an official-code-style brute force (one
+   test point at a time, the encoder re-run on all S copies, the full prior in float64); and the
+   certified evaluation (``certify=True``), with how often it certifies below 0.01 nats.
+3. Peak memory (max RSS) of the evaluation and of training steps, each run in a child process.
 
-The models are untrained (random initialisation; the training rows then take a few optimiser steps).
-Timings do not depend on the weights, except that the kNN prior's cost grows with the number of distinct
-exemplars retrieved for a batch (reported).
+With ``--run RUN_DIR`` (default runs/fashion/exemplar when it exists) the evaluation uses that trained
+exemplar model, so the truncation error and the certificates are those of a trained model; otherwise an
+untrained one. Training rows always use fresh models (cost does not depend on the weights, except the
+number of exemplars the kNN prior retrieves).
 
-Run (a few minutes with the defaults on 2 idle CPU cores; the last line is a smoke run):
+Run (about 5-10 minutes with the defaults on 2 CPU cores; ``--quick`` is a smoke run on tiny sizes):
 
     .venv/bin/python benchmarks/bench_train_eval.py                # report on stdout
     .venv/bin/python benchmarks/bench_train_eval.py --write        # ... also benchmarks/RESULTS.md
-    .venv/bin/python benchmarks/bench_train_eval.py --steps 2 --exact-steps 1 --eval-points 1 --samples 50
+    .venv/bin/python benchmarks/bench_train_eval.py --quick --dataset digits
 
 Progress goes to stderr; the markdown report goes to stdout.
 """
@@ -33,11 +40,15 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import logging
+import math
 import os
 import platform
+import resource
 import shlex
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -45,7 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from exemplar_vae import (
     DataConfig,
@@ -58,14 +69,17 @@ from exemplar_vae import (
 )
 from exemplar_vae.config import validate
 from exemplar_vae.data import dynamic_binarize
+from exemplar_vae.evaluation import evaluate_density
+from exemplar_vae.functional import log_normal_diag, reparameterize
 from exemplar_vae.models.vae import VAE
-from exemplar_vae.objectives import importance_sampled_log_likelihood
-from exemplar_vae.pipeline import build_model
+from exemplar_vae.pipeline import build_model, load_run
+from exemplar_vae.priors.exemplar import ExemplarPrior, exemplar_log_kernel
 from exemplar_vae.training.loop import BatchSampler, Trainer
 
 logger = logging.getLogger("bench")
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+TRAINED_RUN = Path(__file__).resolve().parents[1] / "runs" / "fashion" / "exemplar"
 
 
 # -- helpers -----------------------------------------------------------------------------------------
@@ -139,7 +153,7 @@ def machine_lines(device: torch.device) -> list[str]:
 def run_config(prior: PriorConfig, args: argparse.Namespace, num_train: int) -> RunConfig:
     """The paper's MLP VAE and optimiser with ``prior``, validated against the data (resolves M)."""
     config = RunConfig(
-        data=DataConfig("fashion-mnist", args.data_dir),
+        data=DataConfig(args.dataset, args.data_dir),
         model=ModelConfig(),
         prior=prior,
         train=TrainConfig(batch_size=args.batch_size, seed=args.seed, device=str(args.device)),
@@ -162,20 +176,93 @@ def prior_label(p: PriorConfig) -> tuple[str, str, str]:
     return p.name, "-", "-"
 
 
+# -- 0. machine rates and FLOP counts ------------------------------------------------------------------
+def linear_flops(module: nn.Module, skip: tuple[nn.Module, ...] = ()) -> int:
+    """FLOPs per input row of the ``nn.Linear`` layers of ``module`` (2 x in x out each), except those in
+    ``skip``; element-wise work (gates, activations) is not counted."""
+    skipped = {id(m) for part in skip for m in part.modules()}
+    return sum(
+        2 * m.in_features * m.out_features
+        for m in module.modules()
+        if isinstance(m, nn.Linear) and id(m) not in skipped
+    )
+
+
+def matmul_rate(shapes: list[tuple[int, int, int]], repeats: int = 3) -> float:
+    """GFLOP/s of the float32 products [m, k] @ [k, n] over ``shapes``, taken together (best of repeats)."""
+    gen = torch.Generator().manual_seed(0)
+    mats = [(torch.randn(m, k, generator=gen), torch.randn(k, n, generator=gen)) for m, k, n in shapes]
+    flops = sum(2 * m * k * n for m, k, n in shapes)
+    for a, b in mats:  # warm-up
+        a @ b
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for a, b in mats:
+            a @ b
+        best = min(best, time.perf_counter() - start)
+    return flops / best / 1e9
+
+
+@dataclass
+class Rates:
+    square_gflops: float  # a large square float32 product
+    decoder_gflops: float  # the decoder's layer shapes on one evaluation chunk of rows
+    decoder_flops: int  # per importance sample
+    encoder_flops: int  # per input (both heads)
+    encoder_mean_flops: int  # per input, the mean path the exemplar prior re-encodes
+
+
+def measure_rates(model: VAE, rows: int, square: int) -> Rates:
+    dec = [(rows, m.in_features, m.out_features) for m in model.decoder.modules() if isinstance(m, nn.Linear)]
+    head = getattr(model.encoder, "log_var_head", None)
+    return Rates(
+        matmul_rate([(square, square, square)]),
+        matmul_rate(dec),
+        linear_flops(model.decoder),
+        linear_flops(model.encoder),
+        linear_flops(model.encoder, (head,) if head is not None else ()),
+    )
+
+
+def rates_report(r: Rates, args: argparse.Namespace) -> list[str]:
+    return [
+        "## 0. Machine rates and FLOP counts",
+        "",
+        f"- float32 matmul, {args.square}x{args.square} square: **{r.square_gflops:.1f} GFLOP/s**",
+        f"- float32 matmul, the decoder's layer shapes on {args.chunk_rows:,} rows (one evaluation chunk): "
+        f"**{r.decoder_gflops:.1f} GFLOP/s** (the rate every floor below uses)",
+        f"- decoder: {r.decoder_flops / 1e6:.3f} MFLOP per importance sample (its nn.Linear layers, "
+        f"2 x in x out; gates not counted); encoder: {r.encoder_flops / 1e6:.3f} MFLOP per input, of "
+        f"which the mean path (what the exemplar prior re-encodes) {r.encoder_mean_flops / 1e6:.3f}",
+    ]
+
+
 # -- 1. training ---------------------------------------------------------------------------------------
 @dataclass
 class TrainRow:
     prior: PriorConfig
     step_s: list[float]  # [steps] seconds per timed step
     steps_per_epoch: int
-    refresh_s: list[float]  # explicit prior.refresh(encoder) calls (first kNN exemplar row only)
-    validate_refresh_s: float | None = None  # validate() after a step: refresh + pass, as fit runs it
-    validate_s: float | None = None  # validate() again, cache fresh: the pass alone
-    union: int | None = None  # distinct exemplars retrieved for one batch (kNN prior only)
+    refresh_s: list[float]  # explicit prior.refresh(encoder) calls (exemplar rows)
+    union: int | None = None  # distinct exemplars re-encoded per step (kNN: measured; exact: M)
+    search_s: float | None = None  # one batch's kNN search (median), kNN rows
+    validate_s: float | None = None  # validate() with the cache fresh
 
     @property
     def median(self) -> float:
         return statistics.median(self.step_s)
+
+
+def step_floor_flops(row: TrainRow, rates: Rates, batch: int) -> float:
+    """Forward + backward (3x forward) FLOPs of one step: the batch through encoder and decoder, plus the
+    encoder passes the prior adds."""
+    flops = batch * (rates.encoder_flops + rates.decoder_flops)
+    if row.prior.name == "vampprior":
+        flops += row.prior.components * rates.encoder_flops
+    if row.prior.name == "exemplar" and row.union is not None:
+        flops += row.union * rates.encoder_mean_flops
+    return 3.0 * flops
 
 
 def bench_training(
@@ -183,19 +270,19 @@ def bench_training(
 ) -> TrainRow:
     """Time ``steps`` training steps of ``Trainer.train_epoch`` after ``args.warmup`` warm-up steps.
 
-    With ``extras`` (the kNN exemplar prior), also time the cache refresh and ``Trainer.validate()``, and
-    count the exemplars retrieved for one batch.
+    Exemplar rows also time the cache refresh; with ``extras`` (the first kNN row) the kNN search of one
+    batch and ``Trainer.validate()``, and count the exemplars retrieved for one batch.
     """
     model, config = fresh_model(prior, args, data)
     trainer = Trainer(model, data, config, None, progress=False)
     row = TrainRow(config.prior, [], len(trainer.sampler), [])
-    if extras:  # the cache refresh alone: encode all N exemplars
+    if prior.name == "exemplar":
         refresh = model.prior.refresh
         row.refresh_s = [timed(lambda: refresh(model.encoder), args.device) for _ in range(args.repeats)]
+        row.union = config.prior.exemplars  # exact: the whole subset is re-encoded
 
     # The loop runs on the first warmup + steps batches; an interval between the ends of two consecutive
     # optimiser steps is one full iteration (binarise, forward, backward, normalise, Adam, .item()s).
-    # The epoch-start refresh happens before the first step, so it lies outside every interval.
     trainer.sampler = FirstBatches(trainer.sampler, args.warmup + steps)
     stamps: list[float] = []
     hook = trainer.optimizer.register_step_post_hook(lambda *_: stamps.append(time.perf_counter()))
@@ -204,182 +291,316 @@ def bench_training(
     finally:
         hook.remove()
     intervals = [b - a for a, b in zip(stamps[:-1], stamps[1:], strict=True)]  # [warmup + steps - 1]
-    row.step_s = intervals[args.warmup - 1 :]  # [steps]: steps warmup + 1, ..., warmup + steps
-    if not extras:
+    row.step_s = intervals[args.warmup - 1 :]  # [steps]
+    if prior.name != "exemplar" or prior.knn == 0:
         return row
-
-    row.validate_refresh_s = timed(trainer.validate, args.device)  # stale after a step: refresh + pass
-    row.validate_s = timed(trainer.validate, args.device)  # cache fresh now: the pass alone
+    prior_module = model.prior
+    assert isinstance(prior_module, ExemplarPrior)
     model.train()
     with torch.no_grad():
         idx = trainer.sampler.batches(1)[0].to(args.device)  # [B]
         mean, _ = model.encode(dynamic_binarize(trainer.train_x[idx]))  # [B, d]
-        row.union = model.prior.retrieve(mean, idx, model.prior.draw_subset()).numel()
+        subset = prior_module.draw_subset()
+        row.union = prior_module.retrieve(mean, idx, subset).numel()
+        if extras:
+            searches = [
+                timed(lambda: prior_module.retrieve(mean, idx, subset), args.device) for _ in range(5)
+            ]
+            row.search_s = statistics.median(searches)
+    if extras:
+        trainer.validate()  # refreshes the stale cache
+        row.validate_s = timed(trainer.validate, args.device)
     return row
 
 
-def training_report(rows: list[TrainRow], args: argparse.Namespace, data: DataSplits) -> list[str]:
+def training_report(
+    rows: list[TrainRow], rates: Rates, args: argparse.Namespace, data: DataSplits
+) -> list[str]:
     base = rows[0].median
-    per_epoch = rows[0].steps_per_epoch
+    rate = rates.decoder_gflops * 1e9
+    refresh_floor = data.num_train * rates.encoder_mean_flops / rate
     out = [
         f"## 1. Training step (batch {args.batch_size}): forward, backward, AdamNormGrad",
         "",
-        f"Median over the timed steps, after {args.warmup} warm-up steps, of one iteration of "
-        f"`Trainer.train_epoch`. `train s/epoch` = {per_epoch} steps (N = {data.num_train:,}) x median "
-        "step, without validation.",
+        f"Median over the timed steps (after {args.warmup} warm-up steps) of one iteration of "
+        "`Trainer.train_epoch`. FLOP floor = 3 x forward FLOPs (forward + backward) of the batch through "
+        "encoder and decoder, plus the prior's encoder passes (VampPrior: K pseudo-inputs; exemplar prior: "
+        "the exemplars re-encoded with gradient, mean path), at the decoder-shaped matmul rate. "
+        f"`s/epoch` = {rows[0].steps_per_epoch} steps (N = {data.num_train:,}) x median step, plus the "
+        "cache refresh for the exemplar prior (floor: N codes through the mean path).",
         "",
-        "| prior | k | M | steps timed | median ms/step | min ms/step | x Gaussian | train s/epoch |",
-        "|---|---|---|---|---|---|---|---|",
+        "| prior | k | M | exemplars re-encoded / step | steps timed | median ms/step | floor ms/step "
+        "| x floor | x Gaussian | s/epoch | floor s/epoch | epoch x floor |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         name, k, m = prior_label(r.prior)
+        floor = step_floor_flops(r, rates, args.batch_size) / rate
+        refresh = statistics.median(r.refresh_s) if r.refresh_s else 0.0
+        epoch = r.steps_per_epoch * r.median + refresh
+        epoch_floor = r.steps_per_epoch * floor + (refresh_floor if r.refresh_s else 0.0)
+        union = f"{r.union:,}" if r.union is not None else "-"
         out.append(
-            f"| {name} | {k} | {m} | {len(r.step_s)} | {1e3 * r.median:.1f} | {1e3 * min(r.step_s):.1f} "
-            f"| {r.median / base:.2f} | {r.steps_per_epoch * r.median:.0f} |"
+            f"| {name} | {k} | {m} | {union} | {len(r.step_s)} | {1e3 * r.median:.1f} | {1e3 * floor:.1f} "
+            f"| {r.median / floor:.2f} | {r.median / base:.2f} | {epoch:.1f} | {epoch_floor:.1f} "
+            f"| {epoch / epoch_floor:.2f} |"
         )
     for r in rows:
-        if r.validate_s is None or r.validate_refresh_s is None or r.union is None:
+        if r.search_s is None or r.validate_s is None:
             continue
         out += [
             "",
             f"Exemplar prior (k = {r.prior.knn}, M = {r.prior.exemplars:,}):",
             "",
-            f"- cache refresh (`model.prior.refresh(model.encoder)`, encoding all {data.num_train:,} "
-            f"training images): median {statistics.median(r.refresh_s):.2f} s over {len(r.refresh_s)} calls "
-            f"(min {min(r.refresh_s):.2f} s)",
-            f"- one `Trainer.validate()` on the {data.val_x.shape[0]:,} validation images (eval mode: the "
-            f"full prior over all {data.num_train:,} exemplars): {r.validate_refresh_s:.2f} s as `fit` runs "
-            f"it after an epoch (cache refresh included), {r.validate_s:.2f} s with the cache already fresh",
-            f"- retrieval: one batch of {args.batch_size} codes retrieved {r.union} distinct exemplars (at "
-            f"most {args.batch_size * (r.prior.knn + 1)}: k + 1 each under leave-one-out), re-encoded with "
-            "gradient at every step",
+            f"- cache refresh (encoding all {data.num_train:,} training images): median "
+            f"{statistics.median(r.refresh_s):.2f} s over {len(r.refresh_s)} calls (floor "
+            f"{refresh_floor:.2f} s)",
+            f"- kNN search of one batch ({args.batch_size} codes among M = {r.prior.exemplars:,}, k + 1 = "
+            f"{r.prior.knn + 1} each, exact flat search: recall 1): median {1e3 * r.search_s:.1f} ms "
+            f"({r.search_s / r.median:.0%} of a step)",
+            f"- retrieval: one batch retrieved {r.union} distinct exemplars (at most "
+            f"{args.batch_size * (r.prior.knn + 1)}), re-encoded with gradient at every step",
+            f"- one `Trainer.validate()` on {data.val_x.shape[0]:,} validation images (full prior over all "
+            f"{data.num_train:,} exemplars), cache fresh: {r.validate_s:.2f} s",
         ]
     return out
 
 
 # -- 2. evaluation -------------------------------------------------------------------------------------
-@dataclass
-class EvalRow:
-    prior: str
-    seconds: float  # total over the timed points
-    points: int
-
-    @property
-    def per_point(self) -> float:
-        return self.seconds / self.points
-
-
-def bench_evaluation(
-    name: str, args: argparse.Namespace, data: DataSplits, candidates: int | None = None
-) -> EvalRow:
-    """Seconds to score ``args.eval_points`` test points with S importance samples, a batch at a time.
-
-    ``candidates``: exemplar prior truncated to the K exemplars nearest each test point (``evaluate``'s
-    default path); None scores against all N exemplars.
-    """
-    model, _ = fresh_model(PriorConfig(name), args, data)
+def evaluation_model(args: argparse.Namespace, data: DataSplits) -> tuple[VAE, str]:
+    """The trained exemplar model of ``args.run`` if given, else a fresh one; eval mode, cache fresh."""
+    if args.run is not None:
+        model, _, _ = load_run(args.run, device=str(args.device), data=data)
+        label = f"trained model `{args.run}`"
+    else:
+        model, _ = fresh_model(PriorConfig("exemplar"), args, data)
+        label = "untrained model (random initialisation; truncation errors not representative)"
     model.eval()
-    model.prior.refresh(model.encoder)  # exemplar prior: all N training images, no leave-one-out
-    if candidates is not None:
-        model.prior.eval_candidates = candidates
-        name = f"{name} (truncated, K={candidates})"
-    elif name == "exemplar":
-        name = "exemplar (all N exemplars)"
-    x = data.test_x[: args.eval_points].to(args.device)
-    g = torch.Generator(device=args.device).manual_seed(args.seed)
-    importance_sampled_log_likelihood(model, x[:1], min(args.samples, 100), generator=g)  # warm-up
-    total = 0.0
-    for xb in x.split(args.eval_batch):
-        total += timed(
-            lambda xb=xb: importance_sampled_log_likelihood(model, xb, args.samples, generator=g), args.device
-        )
-    return EvalRow(name, total, x.shape[0])
+    model.prior.refresh(model.encoder)
+    return model, label
 
 
-def evaluation_report(rows: list[EvalRow], args: argparse.Namespace, data: DataSplits) -> list[str]:
-    n_test = data.test_x.shape[0]
-    base = rows[0].per_point
-    out = [
-        f"## 2. Evaluation: importance-sampled log-likelihood, S = {args.samples:,}",
-        "",
-        f"`importance_sampled_log_likelihood(model, x, S)` on the first {rows[0].points} test images, "
-        f"{args.eval_batch} per call; the exemplar prior uses all {data.num_train:,} training images "
-        "(eval mode, cache refreshed beforehand and not timed).",
-        "",
-        f"| prior | points timed | s / test point | x Gaussian | est. hours for {n_test:,} test points |",
-        "|---|---|---|---|---|",
+@torch.no_grad()
+def official_style_log_likelihood(model: VAE, x: Tensor, num_samples: int, chunk: int, seed: int) -> float:
+    """The official code's evaluation of one test point: x repeated S times, the encoder re-run on every
+    copy, and the full prior over all N exemplars in float64, ``chunk`` samples at a time. Nats."""
+    prior = model.prior
+    assert isinstance(prior, ExemplarPrior)
+    codes = prior.cache.get().double()  # [N, d]
+    log_var = prior.log_var.detach().double()
+    gen = torch.Generator(device=x.device).manual_seed(seed)
+    out = []
+    for start in range(0, num_samples, chunk):
+        xs = x.unsqueeze(0).expand(min(chunk, num_samples - start), -1)  # [n, D]
+        mean, lv = model.encode(xs)  # [n, d] each: the encoder runs on every copy
+        z = reparameterize(mean, lv, torch.randn(mean.shape, generator=gen, device=x.device))  # [n, d]
+        log_px = model.lower_terms(xs, z).log_px.double()  # [n]
+        log_pz = torch.logsumexp(exemplar_log_kernel(z, codes, log_var), 1) - math.log(codes.shape[0])
+        out.append(log_px + log_pz - log_normal_diag(z, mean, lv).double())
+    return float(torch.logsumexp(torch.cat(out), 0) - math.log(num_samples))
+
+
+@dataclass
+class EvalResults:
+    model: str
+    refresh_s: float
+    points: int
+    default_s: float  # evaluate_density seconds on `points` test points (refresh excluded)
+    default_ll: float
+    check_points: int
+    check_default_s: float  # default path on the check points
+    check_exact_s: float  # matmul brute force on the same points and samples
+    check_mean_error: float
+    check_max_error: float
+    official_points: int
+    official_s: float
+    official_ll: list[float]
+    certify_points: int
+    certify_s: float
+    certified: dict
+
+
+def bench_evaluation(model: VAE, label: str, args: argparse.Namespace, data: DataSplits) -> EvalResults:
+    device, samples, k = args.device, args.samples, args.candidates
+    refresh = timed(lambda: model.prior.refresh(model.encoder), device)
+    x = data.test_x.to(device)
+    common = dict(candidates=k, seed=args.seed, progress=False)
+    logger.info("evaluation: default path, %d points at S=%d", args.eval_points, samples)
+    evaluate_density(model, x[:2], min(samples, 100), batch_size=2, **common)  # warm-up
+    default = evaluate_density(model, x[: args.eval_points], samples, batch_size=args.eval_batch, **common)
+    logger.info("evaluation: matmul brute force on %d points", args.check_points)
+    cp = args.check_points
+    check = evaluate_density(model, x[:cp], samples, batch_size=cp, check_exact=cp, **common)
+    logger.info("evaluation: official-style brute force on %d points", args.official_points)
+    start = time.perf_counter()
+    official = [
+        official_style_log_likelihood(model, x[i], samples, args.official_chunk, args.seed)
+        for i in range(args.official_points)
     ]
-    for r in rows:
-        out.append(
-            f"| {r.prior} | {r.points} | {r.per_point:.3f} | {r.per_point / base:.2f} "
-            f"| {r.per_point * n_test / 3600:.2f} |"
-        )
-    return out
+    official_s = time.perf_counter() - start
+    logger.info("evaluation: certified, %d points", args.certify_points)
+    cert = evaluate_density(
+        model, x[: args.certify_points], samples, batch_size=min(args.eval_batch, args.certify_points),
+        certify=True, **common,
+    )  # fmt: skip
+    tc = check["truncation_check"]
+    return EvalResults(
+        label, refresh, default["examples"], default["seconds"], default["log_likelihood"],
+        cp, check["seconds"], tc["exact_seconds"], tc["mean_error"], tc["max_error"],
+        args.official_points, official_s, official,
+        args.certify_points, cert["seconds"], cert["certified"],
+    )  # fmt: skip
+
+
+def evaluation_report(e: EvalResults, rates: Rates, args: argparse.Namespace, data: DataSplits) -> list[str]:
+    n_test, s = data.test_x.shape[0], args.samples
+    floor = n_test * s * rates.decoder_flops / (rates.decoder_gflops * 1e9)
+    per_point = e.default_s / e.points
+    full = e.refresh_s + n_test * per_point
+    bf = e.check_exact_s / e.check_points
+    off = e.official_s / e.official_points
+    c = e.certified
+    return [
+        f"## 2. Evaluation at the protocol: {n_test:,} test points, S = {s:,}, N = {data.num_train:,} "
+        "exemplars",
+        "",
+        f"On the {e.model}. Default = `evaluate_density(model, x, S, candidates={args.candidates})` (the prior "
+        f"truncated to the {args.candidates} exemplars nearest each test point's encoder mean, batches of "
+        f"{args.eval_batch}). Full-protocol time = one cache refresh ({e.refresh_s:.2f} s) + {n_test:,} x "
+        f"(seconds per point measured on the first {e.points} test points). Decoder-FLOP floor = {n_test:,} "
+        f"x {s:,} x {rates.decoder_flops / 1e6:.3f} MFLOP / {rates.decoder_gflops:.1f} GFLOP/s.",
+        "",
+        "| evaluation | points timed | s / test point | est. s for the protocol | x decoder floor "
+        "| default is faster by |",
+        "|---|---|---|---|---|---|",
+        f"| decoder-FLOP floor | - | {floor / n_test:.4f} | {floor:.0f} | 1.00 | - |",
+        f"| **default (truncated, K = {args.candidates})** | {e.points} | {per_point:.4f} | {full:.0f} "
+        f"| **{full / floor:.2f}** | - |",
+        f"| brute force at matmul speed (full prior, float32 blocks) | {e.check_points} | {bf:.4f} "
+        f"| {n_test * bf:.0f} | {n_test * bf / floor:.2f} | **{bf / per_point:.1f}x** |",
+        f"| official-code style (per point, encoder on S copies, float64 full prior) | {e.official_points} "
+        f"| {off:.3f} | {n_test * off:.0f} | {n_test * off / floor:.1f} | **{off / per_point:.0f}x** |",
+        f"| certified (`certify=True`, tolerance {c['tolerance']} nats) | {e.certify_points} "
+        f"| {e.certify_s / e.certify_points:.4f} | {n_test * e.certify_s / e.certify_points:.0f} "
+        f"| {n_test * e.certify_s / e.certify_points / floor:.2f} | - |",
+        "",
+        f"- truncation error of the default against the matmul brute force, same importance samples, "
+        f"{e.check_points} points: mean {e.check_mean_error:.2e} nats, max {e.check_max_error:.2e} nats "
+        f"(the default on these points: {e.check_default_s:.2f} s)",
+        f"- official-style log-likelihood of the first {e.official_points} point(s) (its own samples): "
+        + ", ".join(f"{v:.2f}" for v in e.official_ll)
+        + " nats",
+        f"- certified on {e.certify_points} points: {100 * c['fraction_below_0.01']:.0f}% certified below 0.01 "
+        f"nats; mean bound {c['mean_bound']:.2e}, max {c['max_bound']:.2e} nats; "
+        f"{c['exemplars_evaluated_per_point']:.0f} exemplars evaluated exactly per point beyond the "
+        f"{args.candidates} candidates, {c['nodes_per_point']:.0f} tree nodes bounded per point; "
+        f"{c['bound_seconds']:.2f} s of the {e.certify_s:.2f} s spent bounding (tree build included)",
+    ]
+
+
+# -- 3. memory -------------------------------------------------------------------------------------------
+def memory_job(job: str, args: argparse.Namespace) -> dict:
+    """Run one measured job in this process and return its peak RSS (the child side of ``bench_memory``)."""
+    data = load_dataset(args.dataset, args.data_dir)
+    if job == "eval":
+        model, _ = evaluation_model(args, data)
+        evaluate_density(
+            model, data.test_x[: args.eval_points].to(args.device), args.samples,
+            batch_size=args.eval_batch, candidates=args.candidates, progress=False,
+        )  # fmt: skip
+    else:
+        m = args.exemplars if args.exemplars is not None else data.num_train // 2
+        bench_training(PriorConfig("exemplar", exemplars=m, knn=args.knn), args.steps, args, data, False)
+    return {"job": job, "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def bench_memory(job: str, argv: list[str]) -> float:
+    """Peak RSS (MiB) of ``job`` run in a child process with the same options."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--memory-job", job]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return float(json.loads(out.strip().splitlines()[-1])["max_rss_mib"])
 
 
 # -- main ----------------------------------------------------------------------------------------------
+QUICK = dict(
+    steps=2, exact_steps=1, warmup=1, repeats=1, components=10, candidates=100, samples=50, eval_points=4,
+    eval_batch=2, check_points=2, official_points=1, certify_points=2, square=256, chunk_rows=2000,
+)  # fmt: skip
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=30, help="timed training steps per prior (default 30)")
     p.add_argument(
-        "--exact-steps", type=int, default=5, help="timed steps for the exact exemplar prior (default 5)"
+        "--exact-steps", type=int, default=3, help="timed steps for the exact exemplar prior (default 3)"
     )
     p.add_argument("--warmup", type=int, default=3, help="untimed warm-up steps per prior (default 3)")
     p.add_argument("--repeats", type=int, default=3, help="exemplar cache refreshes timed (default 3)")
     p.add_argument("--components", type=int, default=500, help="K for MoG and VampPrior (default 500)")
     p.add_argument("--knn", type=int, default=10, help="k for retrieval augmented training (default 10)")
     p.add_argument(
-        "--candidates",
-        type=int,
-        default=1000,
-        help="exemplars kept per test point in the truncated evaluation",
+        "--candidates", type=int, default=1000, help="K of the truncated evaluation (default 1000)"
     )
     p.add_argument("--exemplars", type=int, default=None, help="M exemplars per training step (default N/2)")
     p.add_argument("--batch-size", type=int, default=100, help="training batch size (default 100)")
     p.add_argument("--samples", type=int, default=5000, help="importance samples S (default 5000)")
-    p.add_argument("--eval-points", type=int, default=5, help="test points timed per prior (default 5)")
-    p.add_argument("--eval-batch", type=int, default=1, help="test points per likelihood call (default 1)")
+    p.add_argument("--eval-points", type=int, default=200, help="test points of the default path (200)")
+    p.add_argument("--eval-batch", type=int, default=100, help="test points per batch (default 100)")
+    p.add_argument("--check-points", type=int, default=10, help="points of the matmul brute force (10)")
+    p.add_argument("--official-points", type=int, default=1, help="points of the official style (1)")
+    p.add_argument("--official-chunk", type=int, default=500, help="official style: samples per pass")
+    p.add_argument("--certify-points", type=int, default=20, help="points of the certified path (20)")
+    p.add_argument("--square", type=int, default=2048, help="size of the square matmul (default 2048)")
+    p.add_argument("--chunk-rows", type=int, default=20000, help="rows of the decoder-shaped matmul")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--dataset", default="fashion-mnist", help="dataset (default fashion-mnist)")
+    p.add_argument("--data-dir", default=None, help="folder with the data files (default search path)")
     p.add_argument(
-        "--data-dir", default=None, help="folder with the Fashion-MNIST files (default search path)"
-    )
-    p.add_argument(
-        "--seed", type=int, default=0, help="seeds initialisation, batches and samples (default 0)"
-    )
+        "--run", default=None,
+        help=f"trained exemplar run for the evaluation (default {TRAINED_RUN} if it exists; 'none': untrained)",
+    )  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="seeds initialisation, batches and samples (0)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run (overrides the sizes)")
+    p.add_argument("--no-memory", action="store_true", help="skip the child processes measuring RSS")
+    p.add_argument("--memory-job", choices=("eval", "train"), help=argparse.SUPPRESS)
     p.add_argument("--write", action="store_true", help=f"also write the report to {RESULTS}")
     args = p.parse_args(argv)
-    positive = (
-        "steps",
-        "exact_steps",
-        "repeats",
-        "components",
-        "knn",
-        "batch_size",
-        "samples",
-        "eval_points",
-    )
-    for key in (*positive, "eval_batch"):
+    if args.quick:
+        for key, value in QUICK.items():
+            setattr(args, key, value)
+    for key in ("steps", "exact_steps", "repeats", "components", "knn", "batch_size", "samples",
+                "eval_points", "eval_batch", "check_points", "official_points", "certify_points"):  # fmt: skip
         if getattr(args, key) < 1:
             p.error(f"--{key.replace('_', '-')} must be at least 1, got {getattr(args, key)}")
     if args.warmup < 1:
         p.error(f"--warmup must be at least 1 (the first step starts the clock), got {args.warmup}")
     if args.threads is not None and args.threads < 1:
         p.error(f"--threads must be at least 1, got {args.threads}")
+    if args.run is None and args.dataset == "fashion-mnist" and (TRAINED_RUN / "best.pt").is_file():
+        args.run = str(TRAINED_RUN)
+    if args.run in ("none", ""):
+        args.run = None
     args.device = torch.device(args.device)
     return args
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(raw)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.memory_job:
+        print(json.dumps(memory_job(args.memory_job, args)))
+        return
     header = machine_lines(args.device)  # load average before the benchmark loads the machine
     start = time.perf_counter()
 
-    logger.info("loading Fashion-MNIST")
-    data = load_dataset("fashion-mnist", args.data_dir)
+    logger.info("loading %s", args.dataset)
+    data = load_dataset(args.dataset, args.data_dir)
+    model, _ = fresh_model(PriorConfig("gaussian"), args, data)
+    rates = measure_rates(model, args.chunk_rows, args.square)
     m = args.exemplars if args.exemplars is not None else data.num_train // 2
     priors = [
         (PriorConfig("gaussian"), args.steps),
@@ -390,31 +611,46 @@ def main(argv: list[str] | None = None) -> None:
     ]
     train_rows: list[TrainRow] = []
     for prior, steps in priors:
-        label = " ".join(prior_label(prior))
-        logger.info("training: %s, %d warm-up + %d timed steps", label, args.warmup, steps)
-        extras = prior.name == "exemplar" and prior.knn > 0 and not any(r.union for r in train_rows)
+        logger.info(
+            "training: %s, %d warm-up + %d timed steps", " ".join(prior_label(prior)), args.warmup, steps
+        )
+        extras = prior.name == "exemplar" and prior.knn > 0
         train_rows.append(bench_training(prior, steps, args, data, extras))
-    eval_rows = []
-    for name, candidates in (("gaussian", None), ("exemplar", None), ("exemplar", args.candidates)):
-        logger.info("evaluation: %s prior, %d points at S=%d", name, args.eval_points, args.samples)
-        eval_rows.append(bench_evaluation(name, args, data, candidates))
+    eval_model, label = evaluation_model(args, data)
+    evaluation = bench_evaluation(eval_model, label, args, data)
+    del eval_model
+    memory: list[str] = []
+    if not args.no_memory:
+        pass_on = [a for a in raw if a not in ("--write",)]
+        logger.info("memory: evaluation and training in child processes")
+        eval_rss, train_rss = bench_memory("eval", pass_on), bench_memory("train", pass_on)
+        memory = [
+            "## 3. Peak memory (max RSS of a child process running the job alone)",
+            "",
+            f"- evaluation (default path, {args.eval_points} test points, S = {args.samples:,}, batches of "
+            f"{args.eval_batch}, model and data loaded): **{eval_rss:,.0f} MiB** ({eval_rss / 1024:.2f} GiB)",
+            f"- training (exemplar prior k = {args.knn}, M = {m:,}: cache refreshes + {args.warmup + args.steps} "
+            f"steps, data loaded): **{train_rss:,.0f} MiB** ({train_rss / 1024:.2f} GiB)",
+            "",
+        ]
 
     lines = [
-        "# Exemplar VAE: training and evaluation speed",
+        "# Exemplar VAE: training and evaluation speed against FLOP floors",
         "",
         *header,
         f"- data: {data.summary()}; MLP VAE (gated 2x{ModelConfig().hidden}, z = {ModelConfig().latent_dim})",
         f"- total benchmark time: {time.perf_counter() - start:.0f} s",
         "",
-        "Every figure below was measured in this one run (same process, machine and load); compare the "
-        "ratios, not absolute times from different runs or machines. The models are untrained (random "
-        "initialisation, then the timed optimiser steps): cost does not depend on the weights, except the "
-        "number of exemplars the kNN prior retrieves.",
+        "Every figure below was measured in this one run (same machine and load); compare the ratios, not "
+        "absolute times from different runs or machines.",
         "",
-        *training_report(train_rows, args, data),
+        *rates_report(rates, args),
         "",
-        *evaluation_report(eval_rows, args, data),
+        *training_report(train_rows, rates, args, data),
         "",
+        *evaluation_report(evaluation, rates, args, data),
+        "",
+        *memory,
     ]
     report = "\n".join(lines)
     print(report)
