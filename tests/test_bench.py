@@ -1,0 +1,64 @@
+"""The benchmark's helpers at tiny size on digits, so that ``make bench`` cannot rot (no timing asserted)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from exemplar_vae import load_dataset
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train_eval.py"
+
+
+@pytest.fixture(scope="module")
+def bench():  # noqa: ANN201 - the benchmark script, imported as a module
+    spec = importlib.util.spec_from_file_location("bench_train_eval", BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_train_eval"] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def digits():  # noqa: ANN201
+    return load_dataset("digits")
+
+
+def test_flop_counts_follow_the_linear_layers(bench) -> None:  # noqa: ANN001
+    net = torch.nn.Sequential(torch.nn.Linear(40, 300), torch.nn.ReLU(), torch.nn.Linear(300, 784))
+    assert bench.linear_flops(net) == 2 * (40 * 300 + 300 * 784)
+    assert bench.linear_flops(net, (net[2],)) == 2 * 40 * 300
+    assert bench.matmul_rate([(64, 32, 16)], repeats=1) > 0
+
+
+def test_quick_helpers_on_digits(bench, digits) -> None:  # noqa: ANN001
+    args = bench.parse_args(["--quick", "--dataset", "digits", "--no-memory", "--run", "none"])
+    assert args.samples == 50 and args.run is None
+    model, _ = bench.fresh_model(bench.PriorConfig("gaussian"), args, digits)
+    rates = bench.measure_rates(model, args.chunk_rows, args.square)
+    assert rates.decoder_flops > 0 and rates.encoder_mean_flops < rates.encoder_flops
+    row = bench.bench_training(bench.PriorConfig("exemplar", exemplars=500, knn=5), 2, args, digits, True)
+    assert len(row.step_s) == 2 and row.union is not None and 0 < row.union <= 100 * 6
+    assert row.search_s is not None and row.validate_s is not None
+    lines = bench.training_report([row], rates, args, digits)
+    assert any(line.startswith("| exemplar | 5 |") for line in lines)
+
+    eval_model, label = bench.evaluation_model(args, digits)
+    res = bench.bench_evaluation(eval_model, label, args, digits)
+    assert res.points == args.eval_points and res.check_mean_error >= -1e-5
+    assert all(math.isfinite(v) for v in res.official_ll)
+    assert 0.0 <= res.certified["fraction_below_0.01"] <= 1.0
+    report = "\n".join(bench.evaluation_report(res, rates, args, digits))
+    assert "official-code style" in report and "decoder-FLOP floor" in report
+
+
+def test_memory_job_reports_peak_rss(bench) -> None:  # noqa: ANN001
+    args = bench.parse_args(["--quick", "--dataset", "digits", "--run", "none"])
+    out = bench.memory_job("eval", args)
+    assert out["job"] == "eval" and out["max_rss_mib"] > 10
