@@ -20,7 +20,7 @@ Everything is measured in one run, so that the ratios compare like with like:
    blocks), which also gives the truncation error of the default; an official-code-style brute force (one
    test point at a time, the encoder re-run on all S copies, the full prior in float64); and the
    certified evaluation (``certify=True``), with how often it certifies below 0.01 nats.
-3. Peak memory (max RSS) of the evaluation and of training steps, each run in a child process.
+3. Peak memory (peak RSS, VmHWM) of the evaluation and of training steps, each run in a child process.
 
 With ``--run RUN_DIR`` (default runs/fashion/exemplar when it exists) the evaluation uses that trained
 exemplar model, so the truncation error and the certificates are those of a trained model; otherwise an
@@ -511,7 +511,19 @@ def memory_job(job: str, args: argparse.Namespace) -> dict:
     else:
         m = args.exemplars if args.exemplars is not None else data.num_train // 2
         bench_training(PriorConfig("exemplar", exemplars=m, knn=args.knn), args.steps, args, data, False)
-    return {"job": job, "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {"job": job, "max_rss_mib": peak_rss_mib()}
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process in MiB: VmHWM of /proc/self/status (the current address space;
+    ``ru_maxrss`` would also count the parent's peak, which Linux carries through fork and exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def bench_memory(job: str, argv: list[str]) -> float:
@@ -625,7 +637,7 @@ def main(argv: list[str] | None = None) -> None:
         logger.info("memory: evaluation and training in child processes")
         eval_rss, train_rss = bench_memory("eval", pass_on), bench_memory("train", pass_on)
         memory = [
-            "## 3. Peak memory (max RSS of a child process running the job alone)",
+            "## 3. Peak memory (peak RSS, VmHWM, of a child process running the job alone)",
             "",
             f"- evaluation (default path, {args.eval_points} test points, S = {args.samples:,}, batches of "
             f"{args.eval_batch}, model and data loaded): **{eval_rss:,.0f} MiB** ({eval_rss / 1024:.2f} GiB)",

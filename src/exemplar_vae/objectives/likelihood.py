@@ -84,15 +84,18 @@ def log_weight_bounds(
     Returns:
         ([S, B], [S, B]) float64.
     """
-    codes, bases, mean = [], [], None
+    codes, bases, means = [], [], []
     for z, base, mean in _proposal_terms(model, x, num_samples, max_rows, generator):
         codes.append(z)
         bases.append(base)
-    assert mean is not None
+        means.append(mean)
     z, base = torch.cat(codes), torch.cat(bases)  # [S, B, d], [S, B]: all samples, so that bounds that
     # refine where the importance weights are large (``weighted``) see every weight at once
-    bounds = model.prior.batch_bounds(mean, model.encoder)
-    lo, up = bounds(z, base) if getattr(bounds, "weighted", False) else bounds(z)
+    bounds = model.prior.batch_bounds(means[0], model.encoder)
+    if getattr(bounds, "weighted", False):  # f(z, log_weight), e.g. exemplar.TruncationBounds
+        lo, up = bounds(z, base)  # type: ignore[call-arg]
+    else:
+        lo, up = bounds(z)
     return base + lo.double(), base + up.double()
 
 
