@@ -23,3 +23,15 @@ class Encoder(Protocol):
     def train(self, mode: bool = True) -> Encoder: ...
 
     def eval(self) -> Encoder: ...
+
+
+class ConditionalEncoder(Protocol):
+    """q(z1|x, z2) of a two-layer model: features of x once, then a head per top code."""
+
+    def features(self, x: Tensor) -> Tensor:
+        """[B, D] -> [B, F], depends on x only."""
+        ...
+
+    def head(self, h: Tensor, z2: Tensor) -> tuple[Tensor, Tensor]:
+        """([R, F], [R, d2]) -> (mean [R, d1], log_var [R, d1])."""
+        ...

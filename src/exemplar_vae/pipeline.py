@@ -272,12 +272,14 @@ def evaluate_run(
     extra_exemplars: Tensor | str | Path | None = None,
     add_val_exemplars: bool = False,
     out: str | Path | None = None,
+    certify_tolerance: float = 0.01,
+    certify_budget: float = 0.5,
 ) -> dict[str, Any]:
     """Importance-sampled log-likelihood and ELBO of a run's best model; saved to RUN_DIR/evaluation.json.
 
     The exemplar prior uses the whole training set as exemplars, without leave-one-out; ``candidates``,
-    ``certify``
-    and ``check_exact`` are as in ``evaluation.evaluate_density``. ``extra_exemplars`` and
+    ``certify``, ``certify_tolerance``, ``certify_budget`` and ``check_exact`` are as in
+    ``evaluation.evaluate_density``. ``extra_exemplars`` and
     ``add_val_exemplars`` enlarge the exemplar set without retraining (see ``load_run``); the result
     records "exemplars" (the number in use), "train_examples", "extra_exemplars" (0 when none were added)
     and "extra_exemplar_sources". ``out`` writes the JSON elsewhere than RUN_DIR/evaluation.json.
@@ -292,6 +294,10 @@ def evaluate_run(
         raise ConfigError(f"--candidates must be at least 1, got {candidates}")
     if check_exact < 0:
         raise ConfigError(f"--check-exact must be >= 0, got {check_exact}")
+    if not certify_tolerance > 0:
+        raise ConfigError(f"--certify-tolerance must be positive, got {certify_tolerance}")
+    if not 0 <= certify_budget <= 1:
+        raise ConfigError(f"--certify-budget must be between 0 and 1 (a fraction of N), got {certify_budget}")
     if add_val_exemplars and split == "val":
         raise ConfigError(
             "--add-val-exemplars with --split val would score the validation images against themselves"
@@ -306,7 +312,7 @@ def evaluate_run(
         x = x[:limit]
     result = evaluate_density(
         model, x, num_samples, batch_size, seed=seed, progress=progress, candidates=candidates,
-        check_exact=check_exact, certify=certify,
+        check_exact=check_exact, certify=certify, certify_tolerance=certify_tolerance, certify_budget=certify_budget,
     )  # fmt: skip
     in_use = model.prior.num_total if isinstance(model.prior, ExemplarPrior) else data.num_train
     result.update(

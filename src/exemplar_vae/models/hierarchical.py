@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from exemplar_vae.functional import full_precision, log_normal_diag, reparameterize
-from exemplar_vae.interfaces import Encoder
+from exemplar_vae.interfaces import ConditionalEncoder, Encoder
 from exemplar_vae.models.observation import Observation
 from exemplar_vae.models.vae import VAE, LowerTerms
 from exemplar_vae.priors import Prior
@@ -40,10 +40,12 @@ class HierarchicalVAE(VAE):
         observation: how data is scored (default Bernoulli).
     """
 
+    z1_encoder: ConditionalEncoder
+
     def __init__(
         self,
         encoder: Encoder,
-        z1_encoder: nn.Module,
+        z1_encoder: ConditionalEncoder,
         z1_prior: nn.Module,
         decoder: nn.Module,
         prior: Prior,

@@ -77,9 +77,9 @@ def log_weight_bounds(
     """Lower and upper bounds on the log-weights of ``log_weights`` (same samples for the same generator
     state), from the prior's ``batch_bounds``; equal where the prior is scored exactly.
 
-    All S samples of the batch are drawn first (memory S * B * d codes) and bounded in one call; a bounds
-    function with ``weighted = True`` also receives the rest of each log-weight [S, B], so it can spend
-    its refinement on the samples that dominate the estimate.
+    All S samples of the batch are drawn first (memory S * B * d codes) and bounded in one call, which
+    also receives the rest of each log-weight [S, B], so a bound can spend its refinement on the samples
+    that dominate the estimate.
 
     Returns:
         ([S, B], [S, B]) float64.
@@ -89,13 +89,8 @@ def log_weight_bounds(
         codes.append(z)
         bases.append(base)
         means.append(mean)
-    z, base = torch.cat(codes), torch.cat(bases)  # [S, B, d], [S, B]: all samples, so that bounds that
-    # refine where the importance weights are large (``weighted``) see every weight at once
-    bounds = model.prior.batch_bounds(means[0], model.encoder)
-    if getattr(bounds, "weighted", False):  # f(z, log_weight), e.g. exemplar.TruncationBounds
-        lo, up = bounds(z, base)  # type: ignore[call-arg]
-    else:
-        lo, up = bounds(z)
+    z, base = torch.cat(codes), torch.cat(bases)  # [S, B, d], [S, B]: all samples at once
+    lo, up = model.prior.batch_bounds(means[0], model.encoder)(z, base)
     return base + lo.double(), base + up.double()
 
 

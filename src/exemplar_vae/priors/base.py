@@ -72,12 +72,14 @@ class Prior(nn.Module):
 
         return score
 
-    def batch_bounds(self, mean: Tensor, encoder: Encoder) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
-        """Like ``batch_scorer``, but f(z [S, B, d]) -> (lower, upper) bounds on log p(z) [S, B]. A prior
-        scored exactly returns its value twice; the truncated exemplar prior returns a certified interval."""
+    def batch_bounds(self, mean: Tensor, encoder: Encoder) -> Callable[..., tuple[Tensor, Tensor]]:
+        """Like ``batch_scorer``, but f(z [S, B, d], log_weight [S, B] | None) -> (lower, upper) bounds on
+        log p(z) [S, B]. ``log_weight`` is the rest of each importance log-weight (log p(x, ...|z) - log q),
+        which a bound may use to spend its work where the estimate needs it. A prior scored exactly returns
+        its value twice; the truncated exemplar prior returns a certified interval."""
         score = self.batch_scorer(mean, encoder)
 
-        def bounds(z: Tensor) -> tuple[Tensor, Tensor]:
+        def bounds(z: Tensor, log_weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
             value = score(z)
             return value, value
 

@@ -605,11 +605,7 @@ class TruncationBounds:
       prior's ``certify_tolerance``. The gap is weighted by exp(log_weight) -- the rest of the importance
       log-weight, so the tolerance applies to the importance-sampled estimate; without it every sample
       counts by its relative error.
-
-    ``weighted = True`` tells ``objectives.likelihood.log_weight_bounds`` to pass the log-weights.
     """
-
-    weighted = True
 
     def __init__(self, prior: ExemplarPrior, mean: Tensor, nearest: Tensor) -> None:
         self.prior, self.nearest = prior, nearest  # [B, K] rows of the cache
