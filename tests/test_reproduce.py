@@ -92,6 +92,8 @@ def test_reproduce_refuses_a_folder_with_another_configuration(
         (["--dataset", "celeba"], "no paper preset for celeba-mlp-gaussian"),
         (["--dataset", "mnist", "--seeds", "0"], "--seeds must be at least 1"),
         (["--dataset", "mnist", "--budget", "0"], "epochs (--epochs) must be at least 1"),
+        (["--dataset", "mnist", "--test-limit", "0"], "--test-limit must be at least 1"),
+        (["--dataset", "mnist", "--check-exact", "-1"], "--check-exact must be >= 0"),
         (["--prior", "gaussian"], "--dataset is required"),
     ],
 )
@@ -110,3 +112,21 @@ def test_list_presets(capsys: pytest.CaptureFixture[str]) -> None:
     assert len(lines) == 27 and any(
         "fashion-mnist-mlp-exemplar" in line and "-226.75" in line for line in lines
     )
+
+
+def test_reproduce_restarts_a_run_interrupted_before_its_first_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    presets, out = _digits_presets(tmp_path / "presets"), tmp_path / "out"
+    args = ["-q", "reproduce", "--presets", str(presets), "--dataset", "digits", "--prior", "gaussian",
+            "--seeds", "1", "--budget", "1", "--train-size", "200", "--test-limit", "5", "--samples", "5",
+            "--device", "cpu", "--no-progress", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    run = out / "digits-mlp-gaussian" / "seed1"
+    for name in ("last.pt", "best.pt", "reproduce_done.json"):  # as if killed during epoch 1
+        (run / name).unlink()
+    assert main(args) == 0
+    assert (run / "last.pt").is_file() and (run / "reproduce_done.json").is_file()
+    # the evaluation belongs to the new checkpoint: re-made, not reused
+    settings = json.loads((run / "evaluation.json").read_text())["reproduce_settings"]
+    assert settings["checkpoint_mtime_ns"] == (run / "best.pt").stat().st_mtime_ns

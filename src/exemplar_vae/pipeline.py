@@ -386,7 +386,7 @@ def generate_pictures(
         if pool.shape[0] < 2:
             raise ConfigError("interpolation needs at least 2 exemplars")
         pairs = torch.stack([torch.randperm(pool.shape[0], generator=pick_g)[:2] for _ in range(n)])  # [n, 2]
-        grid = interpolation_grid(model, pool[pairs[:, 0]], pool[pairs[:, 1]], steps)
+        grid = interpolation_grid(model, pool[pairs[:, 0]], pool[pairs[:, 1]], steps, g)
     else:
         grid = prior_sample_grid(model, n, g, temperature)
     return save_image_grid(grid, data.image_shape, out)

@@ -71,11 +71,11 @@ class Budget:
     device: str = "auto"
     amp: str = "off"
 
-    def describe(self) -> str:
-        """A one-line description for the table."""
+    def describe(self, preset_warmup: int = 100) -> str:
+        """A one-line description for the table (``preset_warmup``: the presets' own KL warm-up)."""
         parts = ["paper protocol" if self.epochs is None else f"at most {self.epochs} epochs"]
         if self.warmup is not None or self.epochs is not None:
-            parts.append(f"warm-up {self.effective_warmup(100)}")
+            parts.append(f"warm-up {self.effective_warmup(preset_warmup)}")
         if self.early_stopping is not None:
             parts.append(f"early stopping {self.early_stopping or 'off'}")
         if self.train_size is not None:
@@ -172,10 +172,18 @@ def _comparable(config: RunConfig) -> RunConfig:
 
 def _train_run(config: RunConfig, run_dir: Path, progress: bool) -> None:
     """Train, resume an interrupted run, or skip a finished one."""
-    from exemplar_vae.pipeline import load_run_config, train
-    from exemplar_vae.training.loop import LAST
+    from exemplar_vae.pipeline import CONFIG, load_run_config, train
+    from exemplar_vae.training.loop import BEST, LAST, METRICS
 
     done = run_dir / DONE
+    if not (run_dir / LAST).is_file() and (run_dir / CONFIG).is_file():
+        # interrupted before its first checkpoint: nothing to resume; start again if it is the same run
+        if _comparable(load_run_config(run_dir)) != _comparable(config):
+            raise ConfigError(
+                f"{run_dir} holds a run with a different configuration; pick another --out or remove it"
+            )
+        for name in (CONFIG, METRICS, BEST, DONE, "evaluation.json"):
+            (run_dir / name).unlink(missing_ok=True)
     if (run_dir / LAST).is_file():
         saved = load_run_config(run_dir)
         if _comparable(saved) != _comparable(config):
@@ -198,19 +206,25 @@ def _train_run(config: RunConfig, run_dir: Path, progress: bool) -> None:
 
 
 def _evaluate_run(run_dir: Path, budget: Budget, check_exact: int, progress: bool) -> dict[str, Any]:
-    """The run's evaluation at the budget's settings; reused when RUN_DIR/evaluation.json has them."""
+    """The run's evaluation at the budget's settings; reused when RUN_DIR/evaluation.json has the same
+    settings and was made from the current best.pt."""
     from exemplar_vae.pipeline import evaluate_run
+    from exemplar_vae.training.loop import BEST
 
     path = run_dir / "evaluation.json"
+    settings = {
+        "samples": budget.samples, "test_limit": budget.test_limit, "check_exact": check_exact,
+        "checkpoint_mtime_ns": (run_dir / BEST).stat().st_mtime_ns,
+    }  # fmt: skip
     if path.is_file():
         old = json.loads(path.read_text())
-        if old.get("reproduce_settings") == {"samples": budget.samples, "test_limit": budget.test_limit}:
+        if old.get("reproduce_settings") == settings:
             return old
     result = evaluate_run(
         run_dir, budget.samples, "test", budget.test_limit, device=budget.device, progress=progress,
         check_exact=check_exact,
     )  # fmt: skip
-    result["reproduce_settings"] = {"samples": budget.samples, "test_limit": budget.test_limit}
+    result["reproduce_settings"] = settings
     atomic_write_text(path, json.dumps(result, indent=2) + "\n")
     return result
 
@@ -240,6 +254,10 @@ def reproduce(
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")
     if budget.samples < 1:
         raise ConfigError(f"--samples must be at least 1, got {budget.samples}")
+    if budget.test_limit is not None and budget.test_limit < 1:
+        raise ConfigError(f"--test-limit must be at least 1, got {budget.test_limit}")
+    if check_exact < 0:
+        raise ConfigError(f"--check-exact must be >= 0, got {check_exact}")
     out = Path(out)
     configs = [
         [apply_budget(p.config, budget, seed) for seed in range(1, seeds + 1)] for p in presets
@@ -271,8 +289,9 @@ def mean_std(values: list[float]) -> tuple[float, float | None]:
 
 def format_table(rows: list[RowResult], budget: Budget) -> str:
     """Markdown: one line per preset, ``mean ± std`` over seeds beside the paper's ``mean ± std``."""
+    warmups = sorted({r.preset.config.train.warmup for r in rows}) or [100]
     lines = [
-        f"Budget: {budget.describe()}.",
+        f"Budget: {budget.describe(warmups[0])}.",
         "",
         "| dataset | model | runs | test log-likelihood (nats) | paper (5 runs) | difference |",
         "|---|---|---|---|---|---|",

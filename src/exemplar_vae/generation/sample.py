@@ -109,7 +109,9 @@ def cyclic_chain(
 
 
 @torch.no_grad()
-def interpolate(model: VAE, x_a: Tensor, x_b: Tensor, steps: int) -> Tensor:
+def interpolate(
+    model: VAE, x_a: Tensor, x_b: Tensor, steps: int, generator: torch.Generator | None = None
+) -> Tensor:
     """Decoded points on the straight line between the encoder means of two inputs.
 
     z_j = (1 - t_j) mu(x_a) + t_j mu(x_b) with t_j = j / (steps - 1), so the first and last points are
@@ -120,6 +122,7 @@ def interpolate(model: VAE, x_a: Tensor, x_b: Tensor, steps: int) -> Tensor:
         x_a: [D] or [B, D] start inputs.
         x_b: same shape as ``x_a``: end inputs.
         steps: points per line (>= 2), endpoints included.
+        generator: randomness of the lower latents of two-layer models (z1 ~ p(z1|z2)).
 
     Returns:
         [steps, D] for 1-D inputs, [B, steps, D] for batches; Bernoulli means.
@@ -136,12 +139,15 @@ def interpolate(model: VAE, x_a: Tensor, x_b: Tensor, steps: int) -> Tensor:
     mu_a, mu_b = model.encoder.mean(xa), model.encoder.mean(xb)  # [B, d] each
     t = torch.linspace(0, 1, steps, device=mu_a.device, dtype=mu_a.dtype).view(1, steps, 1)  # [1, S, 1]
     z = (1 - t) * mu_a.unsqueeze(1) + t * mu_b.unsqueeze(1)  # [B, S, d]
-    x = model.decode_mean(z.reshape(-1, z.shape[-1])).reshape(xa.shape[0], steps, -1)  # [B, S, D]
+    # two-layer models draw z1 ~ p(z1|z2) per frame: seeded by ``generator``
+    x = model.decode_mean(z.reshape(-1, z.shape[-1]), generator).reshape(xa.shape[0], steps, -1)  # [B, S, D]
     return x[0] if single else x
 
 
 @torch.no_grad()
-def interpolation_grid(model: VAE, x_a: Tensor, x_b: Tensor, steps: int) -> Tensor:
+def interpolation_grid(
+    model: VAE, x_a: Tensor, x_b: Tensor, steps: int, generator: torch.Generator | None = None
+) -> Tensor:
     """Rows: the exemplar x_a, ``steps`` decoded points from mu(x_a) to mu(x_b), then x_b.
 
     Args:
@@ -150,6 +156,6 @@ def interpolation_grid(model: VAE, x_a: Tensor, x_b: Tensor, steps: int) -> Tens
     Returns:
         [B, steps + 2, D] pixel values in [0, 1].
     """
-    line = interpolate(model, x_a, x_b, steps)  # [B, S, D]
+    line = interpolate(model, x_a, x_b, steps, generator)  # [B, S, D]
     xa, xb = x_a.to(line.device).unsqueeze(1), x_b.to(line.device).unsqueeze(1)  # [B, 1, D] each
     return torch.cat([xa, line, xb], dim=1)

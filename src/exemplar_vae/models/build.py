@@ -23,6 +23,8 @@ from exemplar_vae.models.observation import Observation, observation_for
 from exemplar_vae.models.vae import VAE
 from exemplar_vae.priors import Prior, build_prior
 
+CONV_EVAL_BYTES = 1 << 30  # activations per evaluation chunk of a convolutional decoder
+
 Builder = Callable[[ModelConfig, Prior, tuple[int, int, int], Observation], VAE]
 
 
@@ -54,9 +56,9 @@ def build_hvae(model: ModelConfig, prior: Prior, image_shape: tuple[int, int, in
 def build_convhvae(
     model: ModelConfig, prior: Prior, image_shape: tuple[int, int, int], obs: Observation
 ) -> VAE:
-    from exemplar_vae.models.conv import ConvEncoder, ConvHierarchicalDecoder, ConvZ1Encoder
+    from exemplar_vae.models.conv import DECODER_CHANNELS, ConvEncoder, ConvHierarchicalDecoder, ConvZ1Encoder
 
-    return HierarchicalVAE(
+    vae = HierarchicalVAE(
         encoder=ConvEncoder(image_shape, model.hidden, model.latent_dim),
         z1_encoder=ConvZ1Encoder(image_shape, model.hidden, model.latent_dim),
         z1_prior=MLPConditionalPrior(model.latent_dim, model.hidden),
@@ -65,6 +67,10 @@ def build_convhvae(
         image_shape=image_shape,
         observation=obs,
     )
+    # a decoder row holds a few [64, H, W] float32 maps at once: keep a chunk near 1 GiB of them
+    _, h, w = image_shape
+    vae.eval_rows = max(1, CONV_EVAL_BYTES // (4 * 4 * DECODER_CHANNELS * h * w))
+    return vae
 
 
 ARCHITECTURES: dict[str, Builder] = {"mlp": build_mlp, "hvae": build_hvae, "convhvae": build_convhvae}

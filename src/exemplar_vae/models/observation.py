@@ -71,9 +71,6 @@ class DiscretizedLogistic(Observation):
         return self.split(params)[0]
 
 
-OBSERVATIONS: dict[str, type[Observation]] = {"bernoulli": Bernoulli, "logistic": DiscretizedLogistic}
-
-
 def observation_for(binary: bool) -> Observation:
     """Bernoulli for binary data, the 256-level discretised logistic for 8-bit data."""
     return Bernoulli() if binary else DiscretizedLogistic()

@@ -40,6 +40,9 @@ class VAE(nn.Module):
     encoder: Encoder
     decoder: nn.Module
     prior: Prior
+    # importance sampling decodes at most this many codes at once (bounds its memory; see
+    # objectives.likelihood); convolutional decoders lower it (build.py)
+    eval_rows: int = 20000
 
     def __init__(
         self,

@@ -28,15 +28,17 @@ class LikelihoodEstimate(NamedTuple):
 
 
 def _proposal_terms(
-    model: VAE, x: Tensor, num_samples: int, max_rows: int, generator: torch.Generator | None
+    model: VAE, x: Tensor, num_samples: int, max_rows: int | None, generator: torch.Generator | None
 ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
     """Chunks of (z [s, B, d], log p(x, z_lower|z) - log q(z, z_lower|x) [s, B] float64, encoder mean [B, d]),
     z ~ q(z|x) the top latent (the one the prior scores); for a one-layer VAE the lower terms are log p(x|z).
 
-    The encoder runs once; the decoder streams over chunks of at most ``max_rows`` codes."""
+    The encoder runs once; the decoder streams over chunks of at most ``max_rows`` codes (None: the
+    model's ``eval_rows``, 20,000 for the MLPs, fewer for convolutional decoders)."""
     b = x.shape[0]
     mean, log_var = model.encode(x)  # [B, d]
-    chunk = max(1, max_rows // max(1, b))
+    rows = max_rows if max_rows is not None else model.eval_rows
+    chunk = max(1, rows // max(1, b))
     for start in range(0, num_samples, chunk):
         s = min(chunk, num_samples - start)
         eps = torch.randn((s, b, mean.shape[1]), dtype=mean.dtype, device=mean.device, generator=generator)
@@ -48,7 +50,11 @@ def _proposal_terms(
 
 @torch.no_grad()
 def log_weights(
-    model: VAE, x: Tensor, num_samples: int, max_rows: int = 20000, generator: torch.Generator | None = None
+    model: VAE,
+    x: Tensor,
+    num_samples: int,
+    max_rows: int | None = None,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
     """log w_s = log p(x|z_s) + log p(z_s) - log q(z_s|x) for z_s ~ q(z|x).
 
@@ -56,7 +62,8 @@ def log_weights(
         model: the VAE, in eval mode (its prior must be ready: ``model.prior.refresh(model.encoder)``).
         x: [B, D] inputs.
         num_samples: S.
-        max_rows: bound on B * (samples per chunk), which bounds the decoder's and the prior's memory.
+        max_rows: bound on B * (samples per chunk), which bounds the decoder's and the prior's memory
+            (None: ``model.eval_rows``).
         generator: randomness for z.
 
     Returns:
@@ -72,7 +79,11 @@ def log_weights(
 
 @torch.no_grad()
 def log_weight_bounds(
-    model: VAE, x: Tensor, num_samples: int, max_rows: int = 20000, generator: torch.Generator | None = None
+    model: VAE,
+    x: Tensor,
+    num_samples: int,
+    max_rows: int | None = None,
+    generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Lower and upper bounds on the log-weights of ``log_weights`` (same samples for the same generator
     state), from the prior's ``batch_bounds``; equal where the prior is scored exactly.
@@ -95,7 +106,11 @@ def log_weight_bounds(
 
 
 def importance_sampled_log_likelihood(
-    model: VAE, x: Tensor, num_samples: int, max_rows: int = 20000, generator: torch.Generator | None = None
+    model: VAE,
+    x: Tensor,
+    num_samples: int,
+    max_rows: int | None = None,
+    generator: torch.Generator | None = None,
 ) -> LikelihoodEstimate:
     """IWAE estimate of log p(x) and the S-sample ELBO, per example, in nats: [B, D] -> [B] each."""
     w = log_weights(model, x, num_samples, max_rows, generator)  # [S, B]

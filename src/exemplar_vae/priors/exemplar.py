@@ -391,15 +391,6 @@ def _refine_samples(
     return Refinement(log_exact, log_bound, pairs, visited)
 
 
-def _columns(blocks: list[Tensor], offsets: list[int], index: Tensor) -> Tensor:
-    """Columns ``index`` (global, sorted or not) of the blocks laid side by side: [S, len(index)]."""
-    parts = []
-    for block, o in zip(blocks, offsets, strict=True):
-        mine = index[(index >= o) & (index < o + block.shape[1])]
-        parts.append(block[:, mine - o])
-    return torch.cat(parts, 1)
-
-
 def _fewest_largest(log_values: Tensor, limit: float) -> Tensor:
     """Indices of the fewest largest entries whose removal leaves log-sum-exp <= ``limit`` (at least one)."""
     ranked, order = log_values.sort(descending=True)

@@ -240,8 +240,8 @@ class Trainer:
     def fit(self) -> TrainResult:
         """Train until ``epochs`` or early stopping; returns how it ended."""
         t, s = self.config.train, self.state
-        stopped = False
-        for epoch in range(s.epoch + 1, t.epochs + 1):
+        stopped = bool(t.early_stopping) and s.bad_epochs >= t.early_stopping  # resumed after it stopped
+        for epoch in range(s.epoch + 1, t.epochs + 1) if not stopped else ():
             start = time.perf_counter()
             beta = kl_warmup(epoch, t.warmup)
             metrics: dict[str, Any] = {"epoch": epoch, **self.train_epoch(epoch, beta)}
