@@ -130,3 +130,18 @@ def test_reproduce_restarts_a_run_interrupted_before_its_first_checkpoint(
     # the evaluation belongs to the new checkpoint: re-made, not reused
     settings = json.loads((run / "evaluation.json").read_text())["reproduce_settings"]
     assert settings["checkpoint_mtime_ns"] == (run / "best.pt").stat().st_mtime_ns
+
+
+def test_table_only_tabulates_what_exists(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    presets, out = _digits_presets(tmp_path / "presets"), tmp_path / "out"
+    base = ["-q", "reproduce", "--presets", str(presets), "--dataset", "digits", "--prior", "gaussian",
+            "--budget", "1", "--train-size", "200", "--test-limit", "5", "--samples", "5", "--device", "cpu",
+            "--no-progress", "--out", str(out)]  # fmt: skip
+    assert main([*base, "--table-only", "--seeds", "2"]) == 2
+    assert "no evaluated runs" in capsys.readouterr().err
+    assert main([*base, "--seeds", "1"]) == 0
+    capsys.readouterr()
+    assert main([*base, "--table-only", "--seeds", "3"]) == 0  # seeds 2 and 3 were never run
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| digits"))
+    assert row.split("|")[3].strip() == "1"
+    assert not (out / "digits-mlp-gaussian" / "seed2").exists()

@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 PRESET_DIR = Path(__file__).parent / "presets" / "paper"
 DONE = "reproduce_done.json"  # written in a run folder once its training has finished
+RUN_KEYS = ("log_likelihood", "log_likelihood_std_error", "elbo", "bits_per_dim", "examples")
 
 
 @dataclass(frozen=True)
@@ -270,10 +271,27 @@ def reproduce(
             logger.info("%s seed %d -> %s", preset.name, seed, run_dir)
             _train_run(config, run_dir, progress)
             result = _evaluate_run(run_dir, budget, check_exact, progress)
-            row.runs.append({"seed": seed, "run_dir": str(run_dir), **{k: result[k] for k in
-                             ("log_likelihood", "log_likelihood_std_error", "elbo", "bits_per_dim", "examples")}})  # fmt: skip
+            row.runs.append({"seed": seed, "run_dir": str(run_dir), **{k: result[k] for k in RUN_KEYS}})
         rows.append(row)
         write_outputs(rows, budget, out)  # after every row: a partial table survives an interruption
+    return rows
+
+
+def collect(presets: list[Preset], seeds: int, out: str | Path) -> list[RowResult]:
+    """The rows as far as they exist: every seed folder of OUT whose run has an evaluation.json (nothing is
+    trained or evaluated). Seeds without one are left out, so a row may hold fewer runs than asked."""
+    rows = []
+    for preset in presets:
+        row = RowResult(preset)
+        for seed in range(1, seeds + 1):
+            path = Path(out) / preset.name / f"seed{seed}" / "evaluation.json"
+            if path.is_file():
+                result = json.loads(path.read_text())
+                row.runs.append(
+                    {"seed": seed, "run_dir": str(path.parent), **{k: result[k] for k in RUN_KEYS}}
+                )
+        if row.runs:
+            rows.append(row)
     return rows
 
 

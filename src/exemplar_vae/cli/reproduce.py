@@ -52,6 +52,10 @@ def add_parsers(sub: Any) -> None:
                    help="exemplar prior: re-score n test points with the full prior (truncation error)")  # fmt: skip
     b.add_argument("--device", default="auto")
     b.add_argument("--amp", default="off", choices=AMP_NAMES, help="mixed precision for training steps")
+    p.add_argument(
+        "--table-only", action="store_true",
+        help="train and evaluate nothing: tabulate the runs in --out that have an evaluation.json so far",
+    )  # fmt: skip
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -71,9 +75,13 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         epochs=args.epochs, warmup=args.warmup, early_stopping=args.early_stopping, train_size=args.train_size,
         knn=args.knn, test_limit=args.test_limit, samples=args.samples, device=args.device, amp=args.amp,
     )  # fmt: skip
-    rows = rep.reproduce(
-        presets, args.seeds, args.out, budget, args.check_exact, progress=not args.no_progress
-    )
+    if args.table_only:
+        rows = rep.collect(presets, args.seeds, args.out)
+        if not rows:
+            raise ConfigError(f"no evaluated runs of these presets in {args.out}")
+        rep.write_outputs(rows, budget, args.out)
+    else:
+        rows = rep.reproduce(presets, args.seeds, args.out, budget, args.check_exact, not args.no_progress)
     print(rep.format_table(rows, budget), end="")
     print(f"wrote {args.out / 'reproduce.md'} and {args.out / 'reproduce.json'}")
     return 0
