@@ -49,10 +49,13 @@ def test_reproduce_on_digits_writes_a_table_and_reuses_finished_runs(
     presets, out = _digits_presets(tmp_path / "presets"), tmp_path / "out"
     args = ["-q", "reproduce", "--presets", str(presets), "--dataset", "digits", "--prior", "gaussian", "exemplar",
             "--seeds", "2", "--budget", "2", "--train-size", "300", "--test-limit", "20", "--samples", "10",
+            "--candidates", "50",
             "--device", "cpu", "--no-progress", "--out", str(out)]  # fmt: skip
     assert main(args) == 0
     table = (out / "reproduce.md").read_text()
-    assert "at most 2 epochs" in table and "S = 10" in table
+    assert "at most 2 epochs" in table and "S = 10" in table and "truncated to the 50 exemplars" in table
+    evaluation = json.loads((out / "digits-mlp-exemplar" / "seed1" / "evaluation.json").read_text())
+    assert evaluation["prior_eval"] == "truncated" and evaluation["candidates"] == 50
     rows = [line for line in table.splitlines() if line.startswith("| digits")]
     assert len(rows) == 2
     for line in rows:  # | dataset | model | runs | mean ± std | paper | difference |

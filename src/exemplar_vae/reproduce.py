@@ -58,6 +58,8 @@ class Budget:
         knn: override k of the exemplar prior (0 = exact prior over M exemplars).
         test_limit: evaluate on the first n test images (None: all).
         samples: importance samples per test image (the paper: 5000).
+        candidates: exemplar prior: score each test image against its K nearest exemplars (a lower bound,
+            see ``evaluation.evaluate_density``); None: all N (exact, ~40x slower).
         device: "auto", "cpu", "cuda", ...
         amp: mixed precision for training ("off", "bf16", "fp16").
     """
@@ -69,6 +71,7 @@ class Budget:
     knn: int | None = None
     test_limit: int | None = None
     samples: int = 5000
+    candidates: int | None = 1000
     device: str = "auto"
     amp: str = "off"
 
@@ -85,6 +88,11 @@ class Budget:
             parts.append(f"k = {self.knn}")
         parts.append(f"test {'all' if self.test_limit is None else f'first {self.test_limit}'} images")
         parts.append(f"S = {self.samples}")
+        parts.append(
+            "exemplar prior scored exactly"
+            if self.candidates is None
+            else f"exemplar prior truncated to the {self.candidates} exemplars nearest each test image (lower bound)"
+        )
         return ", ".join(parts)
 
     def effective_warmup(self, paper_warmup: int) -> int:
@@ -215,6 +223,7 @@ def _evaluate_run(run_dir: Path, budget: Budget, check_exact: int, progress: boo
     path = run_dir / "evaluation.json"
     settings = {
         "samples": budget.samples, "test_limit": budget.test_limit, "check_exact": check_exact,
+        "candidates": budget.candidates,
         "checkpoint_mtime_ns": (run_dir / BEST).stat().st_mtime_ns,
     }  # fmt: skip
     if path.is_file():
@@ -223,7 +232,7 @@ def _evaluate_run(run_dir: Path, budget: Budget, check_exact: int, progress: boo
             return old
     result = evaluate_run(
         run_dir, budget.samples, "test", budget.test_limit, device=budget.device, progress=progress,
-        check_exact=check_exact,
+        check_exact=check_exact, candidates=budget.candidates,
     )  # fmt: skip
     result["reproduce_settings"] = settings
     atomic_write_text(path, json.dumps(result, indent=2) + "\n")
@@ -259,6 +268,10 @@ def reproduce(
         raise ConfigError(f"--test-limit must be at least 1, got {budget.test_limit}")
     if check_exact < 0:
         raise ConfigError(f"--check-exact must be >= 0, got {check_exact}")
+    if budget.candidates is not None and budget.candidates < 1:
+        raise ConfigError(
+            f"--candidates must be at least 1 (0 on the command line: all), got {budget.candidates}"
+        )
     out = Path(out)
     configs = [
         [apply_budget(p.config, budget, seed) for seed in range(1, seeds + 1)] for p in presets

@@ -50,6 +50,11 @@ def add_parsers(sub: Any) -> None:
     b.add_argument("--samples", type=int, default=5000, help="importance samples per test image (5000)")
     b.add_argument("--check-exact", type=int, default=0,
                    help="exemplar prior: re-score n test points with the full prior (truncation error)")  # fmt: skip
+    b.add_argument(
+        "--candidates", type=int, default=1000,
+        help="exemplar prior: score each test image against its K nearest exemplars (lower bound; default "
+        "1000); 0 = all N (exact, slow)",
+    )  # fmt: skip
     b.add_argument("--device", default="auto")
     b.add_argument("--amp", default="off", choices=AMP_NAMES, help="mixed precision for training steps")
     p.add_argument(
@@ -74,6 +79,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     budget = rep.Budget(
         epochs=args.epochs, warmup=args.warmup, early_stopping=args.early_stopping, train_size=args.train_size,
         knn=args.knn, test_limit=args.test_limit, samples=args.samples, device=args.device, amp=args.amp,
+        candidates=args.candidates or None,
     )  # fmt: skip
     if args.table_only:
         rows = rep.collect(presets, args.seeds, args.out)
