@@ -27,6 +27,22 @@ def as64(x: Any) -> np.ndarray:
     return np.array(x, dtype=np.float64)
 
 
+def float64_network(module: Any) -> Callable[..., Any]:
+    """A float64 deep copy of a torch network as a function of numpy arrays (tuples of outputs stay tuples)."""
+    import copy
+
+    import torch
+
+    m64 = copy.deepcopy(module).double()
+
+    def f(*arrays: np.ndarray) -> Any:
+        with torch.no_grad():
+            out = m64(*(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64)) for a in arrays))
+        return tuple(as64(o) for o in out) if isinstance(out, tuple) else as64(out)
+
+    return f
+
+
 # -- single densities ------------------------------------------------------------------------------
 def log_normal_diag(x: Any, mean: Any, log_var: Any) -> np.ndarray:
     """log N(x; mean, diag(var)) summed over the last axis, with var = exp(log_var): [..., D] -> [...]."""

@@ -6,7 +6,6 @@ paper's 28 x 28 network and counts its parameters (PAPER.md 2.3: "≈2.21 M").
 
 from __future__ import annotations
 
-import copy
 import itertools
 
 import numpy as np
@@ -199,16 +198,6 @@ def test_convhvae_trains_and_scores_with_every_prior(prior_name: str, binary: bo
 
 
 # -- a float64 reference for the layers below z2 ------------------------------------------------------
-def _np_fn(module: torch.nn.Module):  # noqa: ANN202
-    """A float64 copy of a network as a numpy function."""
-    m64 = copy.deepcopy(module).double()
-
-    def f(*arrays: np.ndarray):  # noqa: ANN202
-        with torch.no_grad():
-            out = m64(*(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64)) for a in arrays))
-        return tuple(ref.as64(o) for o in out) if isinstance(out, tuple) else ref.as64(out)
-
-    return f
 
 
 @pytest.mark.parametrize("binary", [True, False])
@@ -231,11 +220,11 @@ def test_lower_terms_match_float64_reference(binary: bool) -> None:
         torch.randn(s * b, LATENT, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
     )
     z2_rows, x_rows = ref.as64(z2.reshape(-1, LATENT)), np.tile(ref.as64(x), (s, 1))  # rows ordered (S, B)
-    q_mean, q_log_var = _np_fn(model.z1_encoder)(x_rows, z2_rows)
+    q_mean, q_log_var = ref.float64_network(model.z1_encoder)(x_rows, z2_rows)
     z1 = q_mean + np.exp(0.5 * q_log_var) * eps
-    p_mean, p_log_var = _np_fn(model.z1_prior)(z2_rows)
+    p_mean, p_log_var = ref.float64_network(model.z1_prior)(z2_rows)
     kl = ref.log_normal_diag(z1, q_mean, q_log_var) - ref.log_normal_diag(z1, p_mean, p_log_var)
-    params = _np_fn(model.decoder)(z1, z2_rows)  # [S*B, P*D]
+    params = ref.float64_network(model.decoder)(z1, z2_rows)  # [S*B, P*D]
     if binary:
         log_px = ref.log_bernoulli_logits(x_rows, params)
     else:

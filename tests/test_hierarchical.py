@@ -57,17 +57,6 @@ def build_hvae(prior_name: str) -> HierarchicalVAE:
     return model
 
 
-def _np_fn(module: torch.nn.Module):  # noqa: ANN202
-    m64 = copy.deepcopy(module).double()
-
-    def f(*arrays: np.ndarray):  # noqa: ANN202
-        with torch.no_grad():
-            out = m64(*(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64)) for a in arrays))
-        return tuple(ref.as64(o) for o in out) if isinstance(out, tuple) else ref.as64(out)
-
-    return f
-
-
 def log_prior_z2(model: HierarchicalVAE, z2: np.ndarray) -> np.ndarray:
     """float64 log p(z2): [n, 1] -> [n]."""
     if model.prior.__class__.__name__ == "GaussianPrior":
@@ -81,9 +70,9 @@ def exact_log_px(model: HierarchicalVAE, x: torch.Tensor, points: int = GRID) ->
     """log p(x) by a Riemann sum over (z1, z2) in [-BOX, BOX]^2: [B]."""
     nodes, cell = ref.latent_grid(-BOX, BOX, points, 2)  # [G, 2]
     z1, z2 = nodes[:, :1], nodes[:, 1:]
-    p_mean, p_log_var = _np_fn(model.z1_prior)(z2)
+    p_mean, p_log_var = ref.float64_network(model.z1_prior)(z2)
     log_joint = ref.log_normal_diag(z1, p_mean, p_log_var) + log_prior_z2(model, z2)  # [G]
-    logits = _np_fn(model.decoder)(z1, z2)  # [G, D]
+    logits = ref.float64_network(model.decoder)(z1, z2)  # [G, D]
     return np.array([logsumexp(ref.log_bernoulli_logits(xb, logits) + log_joint) for xb in ref.as64(x)]) + (
         math.log(cell)
     )
@@ -111,11 +100,11 @@ def test_hvae_lower_terms_match_float64_reference(prior_name: str) -> None:
         torch.randn(4 * x.shape[0], 1, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
     )
     z2_rows, x_rows = ref.as64(z2.reshape(-1, 1)), np.tile(ref.as64(x), (4, 1))
-    q_mean, q_log_var = _np_fn(model.z1_encoder)(x_rows, z2_rows)
+    q_mean, q_log_var = ref.float64_network(model.z1_encoder)(x_rows, z2_rows)
     z1 = q_mean + np.exp(0.5 * q_log_var) * eps
-    p_mean, p_log_var = _np_fn(model.z1_prior)(z2_rows)
+    p_mean, p_log_var = ref.float64_network(model.z1_prior)(z2_rows)
     kl = ref.log_normal_diag(z1, q_mean, q_log_var) - ref.log_normal_diag(z1, p_mean, p_log_var)
-    log_px = ref.log_bernoulli_logits(x_rows, _np_fn(model.decoder)(z1, z2_rows))
+    log_px = ref.log_bernoulli_logits(x_rows, ref.float64_network(model.decoder)(z1, z2_rows))
     np.testing.assert_allclose(ref.as64(terms.kl_lower).reshape(-1), kl, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(ref.as64(terms.log_px).reshape(-1), log_px, rtol=1e-10, atol=1e-10)
 

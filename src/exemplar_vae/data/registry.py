@@ -292,6 +292,26 @@ def _resolve_files(name: str, data_dir: Path | None, download: bool) -> dict[str
 # --------------------------------------------------------------------------- assembling splits
 
 
+def _assemble_splits(
+    name: str, image_shape: tuple[int, int, int], train: Pair, val: Pair, test: Pair, binary: bool
+) -> DataSplits:
+    """DataSplits from (x, y) pairs; binary data has its validation and test images binarised once."""
+    (train_x, train_y), (val_x, val_y), (test_x, test_y) = train, val, test
+    return DataSplits(
+        name=name,
+        image_shape=image_shape,
+        train_x=train_x,
+        train_y=train_y,
+        val_x=fixed_binarize(val_x, seed=VAL_BINARIZE_SEED) if binary else val_x,
+        val_y=val_y,
+        test_x=fixed_binarize(test_x, seed=TEST_BINARIZE_SEED) if binary else test_x,
+        test_y=test_y,
+        binary=binary,
+        val_grey=val_x,
+        test_grey=test_x,
+    )
+
+
 def binary_splits(
     name: str, image_shape: tuple[int, int, int], train: Pair, val: Pair, test: Pair
 ) -> DataSplits:
@@ -302,20 +322,7 @@ def binary_splits(
         image_shape: (C, H, W).
         train, val, test: (x [N, D] float32 grey values in [0, 1], y [N] int64) of each split.
     """
-    (train_x, train_y), (val_x, val_y), (test_x, test_y) = train, val, test
-    return DataSplits(
-        name=name,
-        image_shape=image_shape,
-        train_x=train_x,
-        train_y=train_y,
-        val_x=fixed_binarize(val_x, seed=VAL_BINARIZE_SEED),
-        val_y=val_y,
-        test_x=fixed_binarize(test_x, seed=TEST_BINARIZE_SEED),
-        test_y=test_y,
-        binary=True,
-        val_grey=val_x,
-        test_grey=test_x,
-    )
+    return _assemble_splits(name, image_shape, train, val, test, binary=True)
 
 
 def eight_bit_splits(
@@ -328,20 +335,7 @@ def eight_bit_splits(
         image_shape: (C, H, W).
         train, val, test: (x [N, D] float32 values k/255, y [N] int64) of each split.
     """
-    (train_x, train_y), (val_x, val_y), (test_x, test_y) = train, val, test
-    return DataSplits(
-        name=name,
-        image_shape=image_shape,
-        train_x=train_x,
-        train_y=train_y,
-        val_x=val_x,
-        val_y=val_y,
-        test_x=test_x,
-        test_y=test_y,
-        binary=False,
-        val_grey=val_x,
-        test_grey=test_x,
-    )
+    return _assemble_splits(name, image_shape, train, val, test, binary=False)
 
 
 def _to_8bit(splits: DataSplits) -> DataSplits:
