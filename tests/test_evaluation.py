@@ -74,6 +74,26 @@ def test_truncated_evaluation_is_a_lower_bound_and_its_check_is_exact() -> None:
     assert model.prior.eval_candidates is None
 
 
+@pytest.mark.parametrize("points", [1, 13, 25])
+def test_check_exact_scores_exactly_the_requested_points_on_their_own_samples(points: int) -> None:
+    """--check-exact n re-scores n points (not whole batches) on the samples of the truncated pass."""
+    from exemplar_vae.evaluation.density import _score
+
+    model, x = tiny_model()
+    model.eval()
+    model.prior.refresh(model.encoder)
+    exact_ll, _, _ = _score(model, x, 100, 10, 0, progress=False)  # per point, full prior
+    model.prior.eval_candidates = 5
+    trunc_ll, _, _ = _score(model, x, 100, 10, 0, progress=False)
+    model.prior.eval_candidates = None
+    check = evaluate_density(model, x, 100, 10, progress=False, candidates=5, check_exact=points)
+    got = check["truncation_check"]
+    diff = (exact_ll - trunc_ll)[:points].double()
+    assert got["points"] == points
+    assert math.isclose(got["mean_error"], float(diff.mean()), rel_tol=1e-5, abs_tol=1e-7)
+    assert math.isclose(got["max_error"], float(diff.max()), rel_tol=1e-5, abs_tol=1e-7)
+
+
 @pytest.mark.parametrize("case", ["spread", "wide_sigma", "duplicates", "ties", "narrow_sigma"])
 def test_certified_bounds_contain_the_full_prior(case: str) -> None:
     """lower <= full-prior log p(z) <= upper for every code, in adversarial set-ups too."""

@@ -19,6 +19,7 @@ PRIOR_NAMES = ("gaussian", "vampprior", "mog", "exemplar")
 OPTIMIZER_NAMES = ("adam", "adamnormgrad")
 ARCH_NAMES = ("mlp", "hvae", "convhvae")
 AMP_NAMES = ("off", "bf16", "fp16")
+SEARCH_NAMES = ("exact", "ivf")
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,10 @@ class PriorConfig:
         exemplars: M, the exemplars drawn for every minibatch (exemplar prior); None means N/2.
         knn: k nearest exemplars for retrieval augmented training; 0 means the exact prior over all M.
         leave_one_out: exclude a training point from its own prior (exemplar prior).
+        search: how retrieval finds the k neighbours during training: "exact" (flat search of the
+            M-subset) or "ivf" (an approximate faiss IVF index over all N codes rebuilt every epoch,
+            over-fetching to stay inside the subset; recall logged as ``search_recall``).
+        nprobe: inverted lists visited per query with ``search="ivf"``.
     """
 
     name: str = "exemplar"
@@ -75,6 +80,8 @@ class PriorConfig:
     exemplars: int | None = None
     knn: int = 10
     leave_one_out: bool = True
+    search: str = "exact"
+    nprobe: int = 16
 
 
 @dataclass(frozen=True)
@@ -190,6 +197,14 @@ def validate(config: RunConfig, num_train: int | None = None) -> RunConfig:
     if t.warmup < 0 or t.early_stopping < 0:
         raise ConfigError(
             f"--warmup and --early-stopping must be >= 0, got {t.warmup} and {t.early_stopping}"
+        )
+    if p.search not in SEARCH_NAMES:
+        raise ConfigError(f"--search must be one of {', '.join(SEARCH_NAMES)}, got '{p.search}'")
+    if p.nprobe < 1:
+        raise ConfigError(f"--nprobe must be at least 1, got {p.nprobe}")
+    if p.search == "ivf" and p.knn == 0:
+        raise ConfigError(
+            "--search ivf applies to retrieval (--knn > 0); the exact prior (--knn 0) searches nothing"
         )
     if p.knn < 0:
         raise ConfigError(f"--knn must be >= 0 (0 = exact prior), got {p.knn}")

@@ -37,6 +37,14 @@ TRAIN_FLAGS: dict[str, tuple[str, str, type, str]] = {
     "--components": ("prior", "components", int, "K pseudo-inputs / mixture components (paper: 500)"),
     "--exemplars": ("prior", "exemplars", int, "M exemplars drawn per minibatch (default N/2)"),
     "--knn": ("prior", "knn", int, "k neighbours for retrieval augmented training; 0 = exact prior over M"),
+    "--search": (
+        "prior",
+        "search",
+        str,
+        "retrieval search: exact (flat search of the M-subset, default) or ivf (approximate faiss IVF index "
+        "rebuilt each epoch; recall logged as search_recall)",
+    ),
+    "--nprobe": ("prior", "nprobe", int, "inverted lists visited per query with --search ivf (default 16)"),
     "--epochs": ("train", "epochs", int, "maximum epochs (paper: 2000 with early stopping)"),
     "--warmup": ("train", "warmup", int, "epochs of linear KL warm-up (paper: 100)"),
     "--early-stopping": (

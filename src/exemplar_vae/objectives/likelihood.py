@@ -55,6 +55,7 @@ def log_weights(
     num_samples: int,
     max_rows: int | None = None,
     generator: torch.Generator | None = None,
+    columns: int | None = None,
 ) -> Tensor:
     """log w_s = log p(x|z_s) + log p(z_s) - log q(z_s|x) for z_s ~ q(z|x).
 
@@ -65,16 +66,20 @@ def log_weights(
         max_rows: bound on B * (samples per chunk), which bounds the decoder's and the prior's memory
             (None: ``model.eval_rows``).
         generator: randomness for z.
+        columns: score the prior for the first ``columns`` inputs only and return their weights (the
+            samples are those of the whole batch, so a few points can be re-scored with another prior
+            on exactly the samples they had in a full batch); None: all B.
 
     Returns:
-        [S, B] log-weights (float64).
+        [S, B] (or [S, columns]) log-weights (float64).
     """
     out, score_prior = [], None
+    c = x.shape[0] if columns is None else columns
     for z, base, mean in _proposal_terms(model, x, num_samples, max_rows, generator):
         if score_prior is None:
-            score_prior = model.prior.batch_scorer(mean, model.encoder)  # z [s, B, d] -> log p(z) [s, B]
-        out.append(base + score_prior(z).double())
-    return torch.cat(out)  # [S, B]
+            score_prior = model.prior.batch_scorer(mean[:c], model.encoder)  # z [s, c, d] -> log p(z) [s, c]
+        out.append(base[:, :c] + score_prior(z[:, :c]).double())
+    return torch.cat(out)  # [S, c]
 
 
 @torch.no_grad()

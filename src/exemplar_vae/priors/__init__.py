@@ -21,7 +21,7 @@ PRIORS: dict[str, PriorFactory] = {
     "vampprior": lambda cfg, latent_dim, exemplars: VampPrior(latent_dim, exemplars.shape[1], cfg.components),
     "mog": lambda cfg, latent_dim, exemplars: MoGPrior(latent_dim, cfg.components),
     "exemplar": lambda cfg, latent_dim, exemplars: ExemplarPrior(
-        exemplars, latent_dim, cfg.exemplars, cfg.knn, cfg.leave_one_out
+        exemplars, latent_dim, cfg.exemplars, cfg.knn, cfg.leave_one_out, search=cfg.search, nprobe=cfg.nprobe
     ),
 }
 

@@ -42,7 +42,7 @@ from exemplar_vae.functional import (
 )
 from exemplar_vae.interfaces import Encoder
 from exemplar_vae.priors.base import Prior
-from exemplar_vae.retrieval import CodeCache, knn_search
+from exemplar_vae.retrieval import SEARCH_NAMES, ApproximateIndex, CodeCache, knn_search, recall
 
 
 def exemplar_log_kernel(z: Tensor, centers: Tensor, log_var: Tensor) -> Tensor:
@@ -419,6 +419,12 @@ class ExemplarPrior(Prior):
         knn: k neighbours per point for retrieval augmented training; 0 for the exact prior over M.
         leave_one_out: mask each training point's own exemplar.
         search_backend: "auto", "faiss" or "torch" (see ``retrieval.knn_search``).
+        search: retrieval during training: "exact" (a flat search of the M-subset at every step) or
+            "ivf" (``retrieval.ApproximateIndex`` over all N codes, rebuilt after every cache refresh,
+            over-fetching to stay inside the subset; its recall against the exact search is measured
+            on the first batch after each rebuild and reported as ``search_recall``).
+        nprobe: inverted lists visited per query with ``search="ivf"``.
+        nlist: inverted lists of the index (None: about 2 sqrt(N)).
     """
 
     def __init__(
@@ -429,6 +435,9 @@ class ExemplarPrior(Prior):
         knn: int = 10,
         leave_one_out: bool = True,
         search_backend: str = "auto",
+        search: str = "exact",
+        nprobe: int = 16,
+        nlist: int | None = None,
     ) -> None:
         super().__init__(latent_dim)
         n = exemplars.shape[0]
@@ -441,6 +450,14 @@ class ExemplarPrior(Prior):
             raise ConfigError(f"k={knn} neighbours must be between 0 and M={m}")
         self.num_exemplars, self.knn, self.leave_one_out = m, knn, leave_one_out
         self.search_backend = search_backend
+        if search not in SEARCH_NAMES:
+            raise ConfigError(f"unknown search '{search}'; valid: {', '.join(SEARCH_NAMES)}")
+        if nprobe < 1:
+            raise ConfigError(f"--nprobe must be at least 1, got {nprobe}")
+        self.search, self.nprobe, self.nlist = search, nprobe, nlist
+        self._index: ApproximateIndex | None = None
+        self._index_source: Tensor | None = None  # the cache tensor the index was built from
+        self.search_recall: float | None = None  # measured on the first batch after each index rebuild
         self.log_var = nn.Parameter(torch.zeros(()))  # log sigma^2, one scalar for all exemplars and dims
         self.register_buffer("exemplars", exemplars, persistent=False)  # [N, D]
         self.cache = CodeCache()
@@ -502,10 +519,29 @@ class ExemplarPrior(Prior):
         Each point gets k neighbours other than itself (k + 1 are fetched under leave-one-out), and the
         union over the batch is returned: [U] int64 dataset indices.
         """
-        codes = self.cache.get()[subset]  # [M, d]
         k = min(self.knn + (1 if self.leave_one_out and index is not None else 0), subset.shape[0])
+        if self.search == "ivf":
+            nearest, fresh = self.approximate_index()
+            found = nearest.search_subset(z.detach(), subset, self.cache.get(), k)  # [B, k] dataset indices
+            if fresh:  # measure the recall once per rebuild (one exact search)
+                self.search_recall = recall(found, self.exact_neighbours(z, subset, k))
+            return torch.unique(found.reshape(-1))  # [U]
+        return torch.unique(self.exact_neighbours(z, subset, k).reshape(-1))  # [U]
+
+    def exact_neighbours(self, z: Tensor, subset: Tensor, k: int) -> Tensor:
+        """The k members of ``subset`` whose cached codes are nearest each z: [B, k] dataset indices."""
+        codes = self.cache.get()[subset]  # [M, d]
         _, nearest = knn_search(z.detach(), codes, k, self.search_backend)  # [B, k] rows of subset
-        return torch.unique(subset[nearest.reshape(-1)])  # [U]
+        return subset[nearest]
+
+    def approximate_index(self) -> tuple[ApproximateIndex, bool]:
+        """The IVF index over the current cache, rebuilt after a refresh; and whether it was just built."""
+        codes = self.cache.get()
+        if self._index is None or self._index_source is not codes:
+            self._index = ApproximateIndex(codes, self.nlist, self.nprobe)
+            self._index_source = codes
+            return self._index, True
+        return self._index, False
 
     def knn_log_prob(self, z: Tensor, encoder: Encoder, index: Tensor | None, subset: Tensor) -> Tensor:
         """Retrieval lower bound on ``exact_log_prob``: the mixture over the retrieved union only."""
@@ -581,7 +617,10 @@ class ExemplarPrior(Prior):
         return mean, self.log_var.expand_as(mean)
 
     def extra_metrics(self) -> dict[str, Any]:
-        return {"prior_log_var": float(self.log_var.detach())}
+        metrics: dict[str, Any] = {"prior_log_var": float(self.log_var.detach())}
+        if self.search == "ivf" and self.search_recall is not None:
+            metrics["search_recall"] = self.search_recall
+        return metrics
 
 
 class TruncationBounds:
