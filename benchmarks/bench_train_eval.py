@@ -397,7 +397,7 @@ def official_style_training(args: argparse.Namespace, data: DataSplits, steps: i
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        float(loss)
+        float(loss.detach())
         sync(args.device)
         if step >= args.warmup:
             times.append(time.perf_counter() - start)

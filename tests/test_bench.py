@@ -46,8 +46,18 @@ def test_quick_helpers_on_digits(bench, digits) -> None:  # noqa: ANN001
     row = bench.bench_training(bench.PriorConfig("exemplar", exemplars=500, knn=5), 2, args, digits, True)
     assert len(row.step_s) == 2 and row.union is not None and 0 < row.union <= 100 * 6
     assert row.search_s is not None and row.validate_s is not None
-    lines = bench.training_report([row], rates, args, digits)
-    assert any(line.startswith("| exemplar | 5 |") for line in lines)
+    ivf = bench.bench_training(
+        bench.PriorConfig("exemplar", exemplars=500, knn=5, search="ivf", nprobe=4), 2, args, digits, True
+    )
+    assert ivf.recall is not None and 0.0 < ivf.recall <= 1.0 and ivf.index_s is not None
+    official = bench.official_style_training(args, digits, 2)
+    assert len(official.step_s) == 2 and official.union is not None and 0 < official.union <= 100 * 10
+    lines = bench.training_report([row, ivf, official], rates, args, digits)
+    assert any(line.startswith("| exemplar, exact search | 5 |") for line in lines)
+    assert any(line.startswith("| exemplar, ivf search (nprobe 4) | 5 |") for line in lines)
+    assert any(line.startswith("| official-code style | 10 |") for line in lines)
+    assert any("its median step divided by ours" in line for line in lines)
+    assert any(line.startswith("IVF search") and "recall" in line for line in lines)
 
     eval_model, label = bench.evaluation_model(args, digits)
     res = bench.bench_evaluation(eval_model, label, args, digits)

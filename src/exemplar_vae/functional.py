@@ -55,8 +55,14 @@ def log_bernoulli_logits(x: Tensor, logits: Tensor) -> Tensor:
 
     Returns:
         [...] log-likelihoods in nats.
+
+    Computed as sum(x * logits) - sum(softplus(logits)) (the same terms as a cross-entropy with logits,
+    in two element-wise passes instead of its five; in evaluation this runs on S x B x D values). Above
+    the threshold softplus(l) = l is exact to the dtype's precision: log1p(exp(-l)) < 2e-9 for l > 20 in
+    float32 (whose spacing at 20 is 2e-6), < 5e-18 for l > 40 in float64.
     """
-    return -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)
+    threshold = 40.0 if logits.dtype == torch.float64 else 20.0
+    return (logits * x).sum(-1) - F.softplus(logits, threshold=threshold).sum(-1)
 
 
 def log1mexp(x: Tensor) -> Tensor:
