@@ -76,9 +76,9 @@ from exemplar_vae.models.vae import VAE
 from exemplar_vae.pipeline import build_model, load_run
 from exemplar_vae.priors.exemplar import ExemplarPrior, exemplar_log_kernel
 from exemplar_vae.retrieval import ApproximateIndex, recall
-from exemplar_vae.training.optim import build_optimizer
 from exemplar_vae.training.checkpoint import load_checkpoint
 from exemplar_vae.training.loop import BatchSampler, Trainer
+from exemplar_vae.training.optim import build_optimizer
 
 logger = logging.getLogger("bench")
 
@@ -328,7 +328,9 @@ def bench_training(
     return row
 
 
-def search_recall(prior: ExemplarPrior, trainer: Trainer, args: argparse.Namespace, batches: int = 20) -> float:
+def search_recall(
+    prior: ExemplarPrior, trainer: Trainer, args: argparse.Namespace, batches: int = 20
+) -> float:
     """Recall of the prior's IVF search against the exact subset search, averaged over ``batches``
     training batches (codes drawn from q(z|x) as in training, a fresh subset for each, leave-one-out)."""
     index, _ = prior.approximate_index()
@@ -389,7 +391,7 @@ def official_style_training(args: argparse.Namespace, data: DataSplits, steps: i
         log_k = log_k - 0.5 * z.shape[1] * (math.log(2 * math.pi) + prior.log_var)  # [B, U]
         mask = idx.unsqueeze(1) == chosen.unsqueeze(0)
         log_k = log_k.masked_fill(mask, float("-inf")) - torch.log(
-            (torch.full((z.shape[0],), float(chosen.shape[0]), device=z.device) - mask.sum(1))
+            torch.full((z.shape[0],), float(chosen.shape[0]), device=z.device) - mask.sum(1)
         ).unsqueeze(1)
         top = log_k.max(1, keepdim=True).values
         log_pz = top[:, 0] + torch.log(torch.exp(log_k - top).sum(1))
@@ -431,7 +433,9 @@ def training_report(
         if r.label is not None:
             name = r.label
         elif r.prior.name == "exemplar" and r.prior.knn > 0:
-            name += f", {r.prior.search} search" + (f" (nprobe {r.prior.nprobe})" if r.prior.search == "ivf" else "")
+            name += f", {r.prior.search} search" + (
+                f" (nprobe {r.prior.nprobe})" if r.prior.search == "ivf" else ""
+            )
         floor = step_floor_flops(r, rates, args.batch_size) / rate
         refresh = statistics.median(r.refresh_s) if r.refresh_s else 0.0
         refresh += r.index_s or 0.0
@@ -691,7 +695,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--official-chunk", type=int, default=500, help="official style: samples per pass")
     p.add_argument("--certify-points", type=int, default=20, help="points of the certified path (20)")
     p.add_argument("--square", type=int, default=2048, help="size of the square matmul (default 2048)")
-    p.add_argument("--chunk-rows", type=int, default=20000, help="rows of the decoder-shaped matmul")
+    p.add_argument(
+        "--chunk-rows", type=int, default=None,
+        help="rows of the decoder-shaped matmul (default: the model's evaluation chunk on the device)",
+    )  # fmt: skip
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--dataset", default="fashion-mnist", help="dataset (default fashion-mnist)")
@@ -740,6 +747,8 @@ def main(argv: list[str] | None = None) -> None:
     logger.info("loading %s", args.dataset)
     data = load_dataset(args.dataset, args.data_dir)
     model, _ = fresh_model(PriorConfig("gaussian"), args, data)
+    if args.chunk_rows is None:
+        args.chunk_rows = model.evaluation_rows(args.device)
     rates = measure_rates(model, args.chunk_rows, args.square)
     m = args.exemplars if args.exemplars is not None else data.num_train // 2
     priors = [
@@ -757,7 +766,9 @@ def main(argv: list[str] | None = None) -> None:
         )
         extras = prior.name == "exemplar" and prior.knn > 0
         train_rows.append(bench_training(prior, steps, args, data, extras))
-    logger.info("training: official-code style kNN step, %d warm-up + %d timed steps", args.warmup, args.steps)
+    logger.info(
+        "training: official-code style kNN step, %d warm-up + %d timed steps", args.warmup, args.steps
+    )
     train_rows.append(official_style_training(args, data, args.steps))
     eval_model, label = evaluation_model(args, data)
     evaluation = bench_evaluation(eval_model, label, args, data)

@@ -55,6 +55,26 @@ def test_log_bernoulli_logits_including_saturated_logits() -> None:
     assert_close(out, t64(ref.log_bernoulli_logits(soft, logits)), rtol=1e-12, atol=1e-10)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_log_bernoulli_logits_samples_of_a_batch(dtype: torch.dtype) -> None:
+    """logits [S, B, D] (and [T, S, B, D]) of inputs x [B, D], the evaluation layout: per-sample sums."""
+    g = gen(4)
+    logits = 8 * torch.randn(3, 5, 4, 11, generator=g, dtype=torch.float64)
+    logits[0, 0, 0, :2] = torch.tensor([45.0, -45.0], dtype=torch.float64)
+    x = (torch.rand(4, 11, generator=g) < 0.5).double()
+    for lg in (logits, logits[0]):
+        expect = np.stack([ref.log_bernoulli_logits(x.numpy(), row) for row in lg.reshape(-1, 4, 11).numpy()])
+        out = F.log_bernoulli_logits(x.to(dtype), lg.to(dtype))
+        assert out.shape == lg.shape[:-1] and out.dtype == dtype
+        tol = 1e-10 if dtype == torch.float64 else 2e-4
+        assert_close(
+            out.double(),
+            t64(expect.reshape(lg.shape[:-1])),
+            rtol=1e-6 if dtype == torch.float32 else 1e-12,
+            atol=tol,
+        )
+
+
 def test_squared_distances_float64_matches_direct_difference() -> None:
     g = gen(3)
     a = torch.randn(13, 7, generator=g, dtype=torch.float64)

@@ -112,11 +112,13 @@ def test_prior_with_ivf_search_retrieves_subset_neighbours_and_reports_recall() 
         p.train()
         p.refresh(encoder)
     g = torch.Generator().manual_seed(2)
-    for step in range(3):
+    for _ in range(3):
         subset = exact.draw_subset(g)
         index = torch.cat([subset[:5], torch.randint(300, (5,), generator=g)])
         z = exact.cache.get()[index] + 0.2 * torch.randn(10, 3, generator=g)
-        assert sorted(ivf.retrieve(z, index, subset).tolist()) == sorted(exact.retrieve(z, index, subset).tolist())
+        assert sorted(ivf.retrieve(z, index, subset).tolist()) == sorted(
+            exact.retrieve(z, index, subset).tolist()
+        )
         with torch.no_grad():
             torch.testing.assert_close(
                 ivf.knn_log_prob(z, encoder, index, subset), exact.knn_log_prob(z, encoder, index, subset)

@@ -62,7 +62,12 @@ def log_bernoulli_logits(x: Tensor, logits: Tensor) -> Tensor:
     float32 (whose spacing at 20 is 2e-6), < 5e-18 for l > 40 in float64.
     """
     threshold = 40.0 if logits.dtype == torch.float64 else 20.0
-    return (logits * x).sum(-1) - F.softplus(logits, threshold=threshold).sum(-1)
+    if x.dim() == 2 and logits.dim() > 2 and logits.shape[-2:] == x.shape:
+        dot = torch.einsum("sbd,bd->sb", logits.reshape(-1, *x.shape), x)
+        dot = dot.reshape(logits.shape[:-1])  # samples [..., B, D] of inputs [B, D]: no broadcast copy
+    else:
+        dot = (logits * x).sum(-1)
+    return dot - F.softplus(logits, threshold=threshold).sum(-1)
 
 
 def log1mexp(x: Tensor) -> Tensor:

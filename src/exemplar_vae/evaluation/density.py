@@ -12,7 +12,11 @@ from tqdm.auto import tqdm
 
 from exemplar_vae.functional import bits_per_dim
 from exemplar_vae.models.vae import VAE
-from exemplar_vae.objectives.likelihood import importance_sampled_log_likelihood, log_weight_bounds, log_weights
+from exemplar_vae.objectives.likelihood import (
+    importance_sampled_log_likelihood,
+    log_weight_bounds,
+    log_weights,
+)
 from exemplar_vae.priors.exemplar import CertifyStats, ExemplarPrior
 
 

@@ -69,7 +69,7 @@ def build_convhvae(
     )
     # a decoder row holds a few [64, H, W] float32 maps at once: keep a chunk near 1 GiB of them
     _, h, w = image_shape
-    vae.eval_rows = max(1, CONV_EVAL_BYTES // (4 * 4 * DECODER_CHANNELS * h * w))
+    vae.eval_rows = vae.eval_rows_accelerator = max(1, CONV_EVAL_BYTES // (4 * 4 * DECODER_CHANNELS * h * w))
     return vae
 
 

@@ -34,10 +34,11 @@ def _proposal_terms(
     z ~ q(z|x) the top latent (the one the prior scores); for a one-layer VAE the lower terms are log p(x|z).
 
     The encoder runs once; the decoder streams over chunks of at most ``max_rows`` codes (None: the
-    model's ``eval_rows``, 20,000 for the MLPs, fewer for convolutional decoders)."""
+    model's ``evaluation_rows`` for the device: 4,000 for the MLPs on a CPU, 32,000 on a GPU, fewer for
+    convolutional decoders)."""
     b = x.shape[0]
     mean, log_var = model.encode(x)  # [B, d]
-    rows = max_rows if max_rows is not None else model.eval_rows
+    rows = max_rows if max_rows is not None else model.evaluation_rows(x.device)
     chunk = max(1, rows // max(1, b))
     for start in range(0, num_samples, chunk):
         s = min(chunk, num_samples - start)
@@ -64,7 +65,7 @@ def log_weights(
         x: [B, D] inputs.
         num_samples: S.
         max_rows: bound on B * (samples per chunk), which bounds the decoder's and the prior's memory
-            (None: ``model.eval_rows``).
+            (None: ``model.evaluation_rows(device)``).
         generator: randomness for z.
         columns: score the prior for the first ``columns`` inputs only and return their weights (the
             samples are those of the whole batch, so a few points can be re-scored with another prior

@@ -111,16 +111,30 @@ def candidate_log_prob(z: Tensor, candidates: Tensor, log_var: Tensor, num_total
     Returns:
         [S, B] log-densities (lower bounds), in z's dtype.
     """
-    d = z.shape[-1]
-    prec = torch.exp(-log_var.to(z.dtype))
+    return candidate_scorer(candidates, log_var, num_total)(z)
+
+
+def candidate_scorer(candidates: Tensor, log_var: Tensor, num_total: int) -> Callable[[Tensor], Tensor]:
+    """``candidate_log_prob`` with the candidates' part computed once: f(z [S, B, d]) -> [S, B].
+
+    Evaluation streams the samples of a batch in chunks; the centred candidates, their squared norms and
+    the constant are shared by every chunk.
+    """
+    d = candidates.shape[-1]
+    prec = torch.exp(-log_var.to(candidates.dtype))
     shift = candidates.mean(1, keepdim=True)  # [B, 1, d]: centring keeps the expansion accurate
-    zc = z.transpose(0, 1) - shift  # [B, S, d]
     cc = candidates - shift  # [B, K, d]
-    logits = torch.baddbmm(
-        (-0.5 * prec) * cc.pow(2).sum(-1).unsqueeze(1), zc, cc.transpose(1, 2), alpha=float(prec)
-    )  # [B, S, K] = (z.c - |c|^2 / 2) / s^2
-    lse = torch.logsumexp(logits, dim=-1) - 0.5 * prec * zc.pow(2).sum(-1)  # [B, S]
-    return (lse - 0.5 * d * (LOG_2PI + log_var.to(z.dtype)) - math.log(num_total)).transpose(0, 1)
+    bias = ((-0.5 * prec) * cc.pow(2).sum(-1)).unsqueeze(1)  # [B, 1, K]
+    cc_t = cc.transpose(1, 2).contiguous()  # [B, d, K]
+    const = -0.5 * d * (LOG_2PI + log_var.to(candidates.dtype)) - math.log(num_total)
+
+    def score(z: Tensor) -> Tensor:
+        zc = z.transpose(0, 1).to(candidates.dtype) - shift  # [B, S, d]
+        logits = torch.baddbmm(bias, zc, cc_t, alpha=float(prec))  # [B, S, K] = (z.c - |c|^2 / 2) / s^2
+        lse = torch.logsumexp(logits, dim=-1) - 0.5 * prec * zc.pow(2).sum(-1)  # [B, S]
+        return (lse + const).transpose(0, 1).to(z.dtype)
+
+    return score
 
 
 SHRINK = 1.0 - 1e-5  # float32 squared distances (1 - 1e-5)(|z|^2 + |c|^2) - 2 z.c are below the exact ones
@@ -582,8 +596,7 @@ class ExemplarPrior(Prior):
         if truncation is None:
             return super().batch_scorer(mean, encoder)
         candidates = self.cache.get()[truncation[1]]  # [B, K, d]
-        log_var = self.log_var.detach()
-        return lambda z: candidate_log_prob(z, candidates, log_var, self.num_total)
+        return candidate_scorer(candidates, self.log_var.detach(), self.num_total)
 
     def code_tree(self) -> CodeTree:
         """The ball tree over the current cache used by ``batch_bounds`` (rebuilt after a refresh)."""

@@ -61,7 +61,6 @@ def knn_search(queries: Tensor, base: Tensor, k: int, backend: str = "auto") -> 
     return dist, idx
 
 
-
 def default_nlist(n: int) -> int:
     """Inverted lists of the approximate index for n codes: about 2 sqrt(n), with at least 39 codes per
     list (faiss's k-means warns below that), at least 1."""

@@ -1,0 +1,93 @@
+"""Compare training runs that differ in one option, at equal epochs: per-epoch validation loss and the
+test log-likelihood of each run's evaluation.json, paired by seed.
+
+    python experiments/compare_runs.py --baseline A1 A2 --candidate B1 B2 --label "exact search" \
+        --candidate-label "ivf search" [--out results/x.md]
+
+Runs are paired in the order given (same seeds). Every figure is read from the run folders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import sys
+from pathlib import Path
+
+
+def epochs(run: Path) -> list[dict]:
+    return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "epoch" in r]
+
+
+def evaluation(run: Path) -> dict:
+    path = run / "evaluation.json"
+    if not path.is_file():
+        sys.exit(f"error: {run} has no evaluation.json: run `exemplar-vae evaluate {run}` first")
+    return json.loads(path.read_text())
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--baseline", nargs="+", type=Path, required=True)
+    p.add_argument("--candidate", nargs="+", type=Path, required=True)
+    p.add_argument("--label", default="baseline")
+    p.add_argument("--candidate-label", default="candidate")
+    p.add_argument("--out", type=Path, default=None, help="also write the markdown here")
+    args = p.parse_args(argv)
+    if len(args.baseline) != len(args.candidate):
+        sys.exit("error: give as many --candidate runs as --baseline runs (paired by seed)")
+    lines = [
+        f"# {args.candidate_label} against {args.label}, at equal epochs",
+        "",
+        f"Command: `python experiments/compare_runs.py {shlex.join(sys.argv[1:] if argv is None else argv)}`",
+        "",
+        "| pair | seed | epochs | final val loss, " + args.label + " | final val loss, " + args.candidate_label
+        + " | largest val-loss gap after epoch 5 | test LL, " + args.label + " | test LL, "
+        + args.candidate_label + " | LL difference |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    diffs = []
+    for i, (a, b) in enumerate(zip(args.baseline, args.candidate, strict=True), 1):
+        ea, eb = epochs(a), epochs(b)
+        n = min(len(ea), len(eb))
+        gap = max((abs(eb[j]["val_loss"] - ea[j]["val_loss"]) for j in range(5, n)), default=float("nan"))
+        la, lb = evaluation(a), evaluation(b)
+        for key in ("samples", "examples", "candidates", "split"):
+            if la.get(key) != lb.get(key):
+                sys.exit(
+                    f"error: {a} and {b} were evaluated with different {key}: {la.get(key)} vs {lb.get(key)}"
+                )
+        seed = json.loads((a / "config.json").read_text())["train"]["seed"]
+        diff = lb["log_likelihood"] - la["log_likelihood"]
+        diffs.append(diff)
+        lines.append(
+            f"| {i} | {seed} | {n} | {ea[n - 1]['val_loss']:.3f} | {eb[n - 1]['val_loss']:.3f} | {gap:.3f} "
+            f"| {la['log_likelihood']:.3f} | {lb['log_likelihood']:.3f} | {diff:+.3f} |"
+        )
+    per_run = [[r["search_recall"] for r in epochs(run) if "search_recall" in r] for run in args.candidate]
+    recalls = [r for run in per_run for r in run]
+    later = [r for run in per_run for r in run[1:]]
+    ev = evaluation(args.baseline[0])
+    lines += [
+        "",
+        f"Test log-likelihood (nats, higher is better): {ev['examples']} {ev['split']} images, S = {ev['samples']}"
+        + (f", exemplar prior truncated to {ev['candidates']} candidates" if ev.get("candidates") else "")
+        + f". Mean difference ({args.candidate_label} - {args.label}): {statistics.mean(diffs):+.3f} nats.",
+    ]
+    if recalls:
+        lines.append(
+            f"Search recall logged by the {args.candidate_label} runs (first batch after each index rebuild, "
+            f"{len(recalls)} epochs): median {statistics.median(recalls):.4f}, min {min(recalls):.4f} "
+            f"(in epoch 1, whose index is built on the untrained encoder's codes); min over later epochs "
+            f"{min(later) if later else float('nan'):.4f}."
+        )
+    report = "\n".join(lines) + "\n"
+    print(report)
+    if args.out is not None:
+        args.out.write_text(report)
+
+
+if __name__ == "__main__":
+    main()
