@@ -39,6 +39,20 @@ def test_candidate_log_prob_matches_float64_reference() -> None:
         torch.testing.assert_close(got[:, b].double(), torch.from_numpy(expect), rtol=0, atol=1e-4)
 
 
+def test_candidate_log_prob_far_samples_fall_back_to_a_shifted_log_sum_exp() -> None:
+    """Samples far from every candidate (float32 kernels underflow to 0) are scored like the float64
+    reference, mixed in one call with samples near the candidates."""
+    g = torch.Generator().manual_seed(5)
+    centers = torch.randn(3, 20, 4, generator=g)  # [B, K, d]
+    z = torch.randn(6, 3, 4, generator=g)  # [S, B, d]
+    z[::2] += 25.0  # every other sample: exp(-|z - c|^2 / 2s^2) ~ exp(-2000), far below float32's range
+    got = candidate_log_prob(z, centers, torch.tensor(-1.0), num_total=20)
+    assert torch.isfinite(got).all()
+    for b in range(3):
+        expect = ref.isotropic_exemplar_log_prob(z[:, b].double().numpy(), centers[b].double().numpy(), -1.0)
+        torch.testing.assert_close(got[:, b].double(), torch.from_numpy(expect), rtol=2e-6, atol=1e-4)
+
+
 def test_streaming_matches_float64_reference_at_realistic_scale() -> None:
     g = torch.Generator().manual_seed(1)
     centers = 3.0 * torch.randn(2000, 40, generator=g)

@@ -117,22 +117,42 @@ def candidate_log_prob(z: Tensor, candidates: Tensor, log_var: Tensor, num_total
 def candidate_scorer(candidates: Tensor, log_var: Tensor, num_total: int) -> Callable[[Tensor], Tensor]:
     """``candidate_log_prob`` with the candidates' part computed once: f(z [S, B, d]) -> [S, B].
 
-    Evaluation streams the samples of a batch in chunks; the centred candidates, their squared norms and
-    the constant are shared by every chunk.
+    Evaluation streams the samples of a batch in chunks; the candidates' part is shared by every chunk.
+    One batched product of augmented vectors gives each exponent directly,
+
+        [z, |z|^2, 1] . [c / s^2, -1 / (2 s^2), -|c|^2 / (2 s^2)] = -|z - c|^2 / (2 s^2)   (<= 0),
+
+    (codes centred on the candidates' mean, which keeps the expansion accurate in float32), so the kernel
+    sum is exp and sum in place, with no max-shift pass. Where a sample's sum falls below 1e-20 (every
+    candidate far away; float32 exponentials would underflow), that row is recomputed with a shifted
+    log-sum-exp.
     """
     d = candidates.shape[-1]
     prec = torch.exp(-log_var.to(candidates.dtype))
-    shift = candidates.mean(1, keepdim=True)  # [B, 1, d]: centring keeps the expansion accurate
+    shift = candidates.mean(1, keepdim=True)  # [B, 1, d]
     cc = candidates - shift  # [B, K, d]
-    bias = ((-0.5 * prec) * cc.pow(2).sum(-1)).unsqueeze(1)  # [B, 1, K]
-    cc_t = cc.transpose(1, 2).contiguous()  # [B, d, K]
+    c_aug = torch.cat(
+        [
+            prec * cc,
+            (-0.5 * prec).expand(cc.shape[:-1]).unsqueeze(-1),
+            (-0.5 * prec) * cc.pow(2).sum(-1, True),
+        ],
+        -1,
+    )  # [B, K, d + 2]
+    c_aug_t = c_aug.transpose(1, 2).contiguous()  # [B, d + 2, K]
     const = -0.5 * d * (LOG_2PI + log_var.to(candidates.dtype)) - math.log(num_total)
 
     def score(z: Tensor) -> Tensor:
         zc = z.transpose(0, 1).to(candidates.dtype) - shift  # [B, S, d]
-        logits = torch.baddbmm(bias, zc, cc_t, alpha=float(prec))  # [B, S, K] = (z.c - |c|^2 / 2) / s^2
-        lse = torch.logsumexp(logits, dim=-1) - 0.5 * prec * zc.pow(2).sum(-1)  # [B, S]
-        return (lse + const).transpose(0, 1).to(z.dtype)
+        z_aug = torch.cat([zc, zc.pow(2).sum(-1, True), torch.ones_like(zc[..., :1])], -1)  # [B, S, d + 2]
+        total = torch.bmm(z_aug, c_aug_t).exp_().sum(-1)  # [B, S] sum_k exp(-|z - c_k|^2 / 2s^2)
+        out = total.log()
+        far = total < 1e-20
+        if far.any():
+            b, i = far.nonzero(as_tuple=True)
+            exponent = torch.bmm(z_aug[b, i].unsqueeze(1), c_aug_t[b]).squeeze(1)  # [n, K]
+            out[b, i] = torch.logsumexp(exponent, dim=-1)
+        return (out + const).transpose(0, 1).to(z.dtype)
 
     return score
 
