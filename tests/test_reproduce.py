@@ -30,6 +30,23 @@ def test_every_paper_row_has_a_valid_preset() -> None:
     assert by_name["omniglot-mlp-vampprior"].config.prior.components == 1000
 
 
+def test_search_budget_applies_to_retrieval_rows_only() -> None:
+    by_name = {p.name: p for p in rep.list_presets()}
+    ivf = rep.Budget(epochs=4, search="ivf")
+    conv = rep.apply_budget(by_name["fashion-mnist-convhvae-exemplar"].config, ivf, seed=1)
+    assert conv.prior.knn == 10 and conv.prior.search == "ivf"
+    exact_prior = rep.apply_budget(by_name["fashion-mnist-mlp-exemplar"].config, ivf, seed=1)
+    assert exact_prior.prior.knn == 0 and exact_prior.prior.search == "exact"  # nothing to search
+    with_knn = rep.apply_budget(
+        by_name["fashion-mnist-mlp-exemplar"].config, rep.Budget(knn=10, search="ivf"), 1
+    )
+    assert with_knn.prior.search == "ivf"
+    gaussian = rep.apply_budget(by_name["fashion-mnist-mlp-gaussian"].config, ivf, seed=1)
+    assert gaussian.prior.search == "exact"
+    assert "ivf retrieval search" in rep.Budget(knn=10, search="ivf").describe()
+    assert "search" not in rep.Budget(knn=10).describe()
+
+
 def _digits_presets(folder: Path) -> Path:
     folder.mkdir()
     for prior, paper in (("gaussian", -30.0), ("exemplar", -29.0)):

@@ -56,6 +56,8 @@ class Budget:
         early_stopping: patience after warm-up (the paper: 50; 0 disables it).
         train_size: keep the first N training images.
         knn: override k of the exemplar prior (0 = exact prior over M exemplars).
+        search: retrieval search of exemplar rows with k > 0 ("exact" or "ivf", see
+            ``PriorConfig.search``); None keeps the preset's (exact).
         test_limit: evaluate on the first n test images (None: all).
         samples: importance samples per test image (the paper: 5000).
         candidates: exemplar prior: score each test image against its K nearest exemplars (a lower bound,
@@ -69,6 +71,7 @@ class Budget:
     early_stopping: int | None = None
     train_size: int | None = None
     knn: int | None = None
+    search: str | None = None
     test_limit: int | None = None
     samples: int = 5000
     candidates: int | None = 1000
@@ -86,6 +89,8 @@ class Budget:
             parts.append(f"first {self.train_size} training images")
         if self.knn is not None:
             parts.append(f"k = {self.knn}")
+        if self.search is not None and self.search != "exact":
+            parts.append(f"{self.search} retrieval search")
         parts.append(f"test {'all' if self.test_limit is None else f'first {self.test_limit}'} images")
         parts.append(f"S = {self.samples}")
         parts.append(
@@ -165,6 +170,8 @@ def apply_budget(config: RunConfig, budget: Budget, seed: int) -> RunConfig:
         amp=budget.amp,
     )
     prior = dataclasses.replace(p, knn=budget.knn) if budget.knn is not None else p
+    if budget.search is not None and prior.name == "exemplar" and prior.knn > 0:  # retrieval rows only
+        prior = dataclasses.replace(prior, search=budget.search)
     data = dataclasses.replace(d, train_size=budget.train_size) if budget.train_size is not None else d
     return validate(dataclasses.replace(config, data=data, prior=prior, train=train))
 

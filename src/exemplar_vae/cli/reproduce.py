@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from exemplar_vae import reproduce as rep
-from exemplar_vae.config import AMP_NAMES, ARCH_NAMES
+from exemplar_vae.config import AMP_NAMES, ARCH_NAMES, SEARCH_NAMES
 from exemplar_vae.errors import ConfigError
 
 
@@ -46,6 +46,10 @@ def add_parsers(sub: Any) -> None:
     )
     b.add_argument("--train-size", type=int, default=None, help="keep the first N training images")
     b.add_argument("--knn", type=int, default=None, help="exemplar prior: k (0 = exact prior over M)")
+    b.add_argument(
+        "--search", choices=SEARCH_NAMES, default=None,
+        help="exemplar rows trained with retrieval (k > 0): exact (default) or ivf search",
+    )  # fmt: skip
     b.add_argument("--test-limit", type=int, default=None, help="evaluate on the first n test images")
     b.add_argument("--samples", type=int, default=5000, help="importance samples per test image (5000)")
     b.add_argument("--check-exact", type=int, default=0,
@@ -78,7 +82,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     presets = rep.find_presets(args.dataset, args.arch, args.prior, args.presets)
     budget = rep.Budget(
         epochs=args.epochs, warmup=args.warmup, early_stopping=args.early_stopping, train_size=args.train_size,
-        knn=args.knn, test_limit=args.test_limit, samples=args.samples, device=args.device, amp=args.amp,
+        knn=args.knn, search=args.search, test_limit=args.test_limit, samples=args.samples, device=args.device, amp=args.amp,
         candidates=args.candidates or None,
     )  # fmt: skip
     if args.table_only:
