@@ -21,10 +21,10 @@ def epochs(run: Path) -> list[dict]:
     return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "epoch" in r]
 
 
-def evaluation(run: Path) -> dict:
-    path = run / "evaluation.json"
+def evaluation(run: Path, path: Path | None = None) -> dict:
+    path = run / "evaluation.json" if path is None else path
     if not path.is_file():
-        sys.exit(f"error: {run} has no evaluation.json: run `exemplar-vae evaluate {run}` first")
+        sys.exit(f"error: {path} does not exist: run `exemplar-vae evaluate {run}` first")
     return json.loads(path.read_text())
 
 
@@ -32,12 +32,20 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--baseline", nargs="+", type=Path, required=True)
     p.add_argument("--candidate", nargs="+", type=Path, required=True)
+    p.add_argument(
+        "--baseline-evaluations", nargs="+", type=Path, default=None,
+        help="evaluation JSON files of the baseline runs (default: each run's evaluation.json), e.g. a "
+        "re-evaluation with the same code as the candidates",
+    )  # fmt: skip
     p.add_argument("--label", default="baseline")
     p.add_argument("--candidate-label", default="candidate")
     p.add_argument("--out", type=Path, default=None, help="also write the markdown here")
     args = p.parse_args(argv)
     if len(args.baseline) != len(args.candidate):
         sys.exit("error: give as many --candidate runs as --baseline runs (paired by seed)")
+    base_evals = args.baseline_evaluations or [None] * len(args.baseline)
+    if len(base_evals) != len(args.baseline):
+        sys.exit("error: give one --baseline-evaluations file per --baseline run")
     lines = [
         f"# {args.candidate_label} against {args.label}, at equal epochs",
         "",
@@ -49,11 +57,11 @@ def main(argv: list[str] | None = None) -> None:
         "|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     diffs = []
-    for i, (a, b) in enumerate(zip(args.baseline, args.candidate, strict=True), 1):
+    for i, (a, b, a_eval) in enumerate(zip(args.baseline, args.candidate, base_evals, strict=True), 1):
         ea, eb = epochs(a), epochs(b)
         n = min(len(ea), len(eb))
         gap = max((abs(eb[j]["val_loss"] - ea[j]["val_loss"]) for j in range(5, n)), default=float("nan"))
-        la, lb = evaluation(a), evaluation(b)
+        la, lb = evaluation(a, a_eval), evaluation(b)
         for key in ("samples", "examples", "candidates", "split"):
             if la.get(key) != lb.get(key):
                 sys.exit(
@@ -66,22 +74,34 @@ def main(argv: list[str] | None = None) -> None:
             f"| {i} | {seed} | {n} | {ea[n - 1]['val_loss']:.3f} | {eb[n - 1]['val_loss']:.3f} | {gap:.3f} "
             f"| {la['log_likelihood']:.3f} | {lb['log_likelihood']:.3f} | {diff:+.3f} |"
         )
-    per_run = [[r["search_recall"] for r in epochs(run) if "search_recall" in r] for run in args.candidate]
-    recalls = [r for run in per_run for r in run]
-    later = [r for run in per_run for r in run[1:]]
-    ev = evaluation(args.baseline[0])
+    logged = [
+        (r["epoch"], r["search_recall"])
+        for run in args.candidate
+        for r in epochs(run)
+        if "search_recall" in r
+    ]
+    ev = evaluation(args.baseline[0], base_evals[0])
     lines += [
         "",
         f"Test log-likelihood (nats, higher is better): {ev['examples']} {ev['split']} images, S = {ev['samples']}"
         + (f", exemplar prior truncated to {ev['candidates']} candidates" if ev.get("candidates") else "")
         + f". Mean difference ({args.candidate_label} - {args.label}): {statistics.mean(diffs):+.3f} nats.",
     ]
-    if recalls:
+    if logged:
+        low = min(logged, key=lambda e: e[1])
+        first = [r for e, r in logged if e == 1]
+        later = [r for e, r in logged if e > 1]
         lines.append(
             f"Search recall logged by the {args.candidate_label} runs (first batch after each index rebuild, "
-            f"{len(recalls)} epochs): median {statistics.median(recalls):.4f}, min {min(recalls):.4f} "
-            f"(in epoch 1, whose index is built on the untrained encoder's codes); min over later epochs "
-            f"{min(later) if later else float('nan'):.4f}."
+            f"{len(logged)} epochs): median {statistics.median(r for _, r in logged):.4f}, min {low[1]:.4f} "
+            f"(epoch {low[0]})"
+            + (f"; epoch 1: {', '.join(f'{r:.4f}' for r in first)}" if first else "")
+            + (f"; min over epochs > 1: {min(later):.4f}" if later else "")
+            + "."
+        )
+    if args.baseline_evaluations:
+        lines.append(
+            "Baseline evaluations read from: " + ", ".join(f"`{p}`" for p in args.baseline_evaluations) + "."
         )
     report = "\n".join(lines) + "\n"
     print(report)

@@ -18,6 +18,13 @@ for seed in 1 2; do
   [ -f "$run/evaluation.json" ] || "$CLI" evaluate "$run" --limit 1000 --samples 5000 --candidates 1000 \
     --check-exact 0 --no-progress
 done
+# the exact-search runs re-evaluated with the same code as the ivf runs (their own evaluation.json may be
+# older), written beside the ivf runs
+for seed in 1 2; do
+  [ -f "$OUT/exact-seed$seed.evaluation.json" ] || "$CLI" evaluate "$EXACT/seed$seed" --limit 1000 --samples 5000 \
+    --candidates 1000 --check-exact 0 --no-progress --out "$OUT/exact-seed$seed.evaluation.json"
+done
 .venv/bin/python experiments/compare_runs.py --baseline "$EXACT/seed1" "$EXACT/seed2" \
+  --baseline-evaluations "$OUT/exact-seed1.evaluation.json" "$OUT/exact-seed2.evaluation.json" \
   --candidate "$OUT/ivf-seed1" "$OUT/ivf-seed2" --label "exact search" --candidate-label "ivf search (nprobe 16)" \
   --out results/ivf_search_fashion.md

@@ -73,6 +73,8 @@ def test_log_bernoulli_logits_samples_of_a_batch(dtype: torch.dtype) -> None:
             rtol=1e-6 if dtype == torch.float32 else 1e-12,
             atol=tol,
         )
+    mixed = F.log_bernoulli_logits(x.float(), logits)  # float32 targets, float64 logits
+    assert mixed.dtype == torch.float64 and mixed.shape == logits.shape[:-1]
 
 
 def test_squared_distances_float64_matches_direct_difference() -> None:

@@ -135,6 +135,7 @@ def test_config_validates_search() -> None:
         (PriorConfig(search="hnsw"), "--search"),
         (PriorConfig(nprobe=0), "--nprobe"),
         (PriorConfig(search="ivf", knn=0), "--knn"),
+        (PriorConfig(name="gaussian", search="ivf"), "exemplar prior's retrieval"),
     ):
         with pytest.raises(ConfigError, match=match):
             validate(RunConfig(prior=prior))

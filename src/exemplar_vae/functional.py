@@ -63,7 +63,7 @@ def log_bernoulli_logits(x: Tensor, logits: Tensor) -> Tensor:
     """
     threshold = 40.0 if logits.dtype == torch.float64 else 20.0
     if x.dim() == 2 and logits.dim() > 2 and logits.shape[-2:] == x.shape:
-        dot = torch.einsum("sbd,bd->sb", logits.reshape(-1, *x.shape), x)
+        dot = torch.einsum("sbd,bd->sb", logits.reshape(-1, *x.shape), x.to(logits.dtype))
         dot = dot.reshape(logits.shape[:-1])  # samples [..., B, D] of inputs [B, D]: no broadcast copy
     else:
         dot = (logits * x).sum(-1)
