@@ -283,3 +283,25 @@ def test_paper_sized_networks_have_the_papers_parameter_counts(arch: str, count:
     """PAPER.md 2.3: VAE 1,116,864 (counted by hand from the code), HVAE ~2.43 M, ConvHVAE ~2.21 M."""
     model = build_vae(ModelConfig(arch=arch), PriorConfig(name="gaussian"), torch.zeros(2, 784), (1, 28, 28))
     assert sum(p.numel() for p in model.parameters()) == count
+
+
+@pytest.mark.parametrize("points", [3, 7])
+def test_hvae_check_exact_rescores_the_requested_points_on_their_own_samples(points: int) -> None:
+    """With two stochastic layers (z1 drawn with the generator between chunks) --check-exact re-scores
+    exactly the requested points on the samples of the truncated pass."""
+    from exemplar_vae.evaluation import evaluate_density
+    from exemplar_vae.evaluation.density import _score
+
+    model = copy.deepcopy(build_hvae("exemplar"))
+    model.eval_rows = 40  # chunks of 10 samples for batches of 4: z1 is drawn six times per batch
+    x = torch.cat([ALL_X, ALL_X])[:10]
+    model.prior.eval_candidates = None
+    exact_ll, _, _ = _score(model, x, 60, 4, 0, progress=False)  # batches of 4: 3 and 7 cut a batch
+    model.prior.eval_candidates = 2
+    trunc_ll, _, _ = _score(model, x, 60, 4, 0, progress=False)
+    model.prior.eval_candidates = None
+    got = evaluate_density(model, x, 60, 4, progress=False, candidates=2, check_exact=points)
+    check, diff = got["truncation_check"], (exact_ll - trunc_ll)[:points].double()
+    assert check["points"] == points and float(diff.max()) > 1e-4  # the truncation matters here
+    assert math.isclose(check["mean_error"], float(diff.mean()), rel_tol=1e-5, abs_tol=1e-7)
+    assert math.isclose(check["max_error"], float(diff.max()), rel_tol=1e-5, abs_tol=1e-7)
