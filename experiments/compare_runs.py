@@ -56,12 +56,16 @@ def main(argv: list[str] | None = None) -> None:
         + args.candidate_label + " | LL difference |",
         "|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
-    diffs = []
+    diffs: list[float] = []
+    logged: list[tuple[int, float]] = []  # (epoch, search recall) of the candidate runs
+    first_eval: dict = {}  # the first baseline's evaluation: samples, split, candidates for the text
     for i, (a, b, a_eval) in enumerate(zip(args.baseline, args.candidate, base_evals, strict=True), 1):
         ea, eb = epochs(a), epochs(b)
+        logged += [(r["epoch"], r["search_recall"]) for r in eb if "search_recall" in r]
         n = min(len(ea), len(eb))
         gap = max((abs(eb[j]["val_loss"] - ea[j]["val_loss"]) for j in range(5, n)), default=float("nan"))
         la, lb = evaluation(a, a_eval), evaluation(b)
+        first_eval = first_eval or la
         for key in ("samples", "examples", "candidates", "split"):
             if la.get(key) != lb.get(key):
                 sys.exit(
@@ -74,13 +78,7 @@ def main(argv: list[str] | None = None) -> None:
             f"| {i} | {seed} | {n} | {ea[n - 1]['val_loss']:.3f} | {eb[n - 1]['val_loss']:.3f} | {gap:.3f} "
             f"| {la['log_likelihood']:.3f} | {lb['log_likelihood']:.3f} | {diff:+.3f} |"
         )
-    logged = [
-        (r["epoch"], r["search_recall"])
-        for run in args.candidate
-        for r in epochs(run)
-        if "search_recall" in r
-    ]
-    ev = evaluation(args.baseline[0], base_evals[0])
+    ev = first_eval
     lines += [
         "",
         f"Test log-likelihood (nats, higher is better): {ev['examples']} {ev['split']} images, S = {ev['samples']}"

@@ -117,6 +117,12 @@ def evaluate_density(
     return result
 
 
+def _batch_generator(model: VAE, seed: int, batch: int) -> torch.Generator:
+    """The importance-sampling noise of batch ``batch``: the scoring pass and the exact re-scoring of
+    ``_check_truncation`` draw from it, so they see the same samples."""
+    return torch.Generator(device=model.device).manual_seed(seed * 1_000_003 + batch)
+
+
 def _score(
     model: VAE, x: Tensor, num_samples: int, batch_size: int, seed: int, progress: bool, certify: bool = False
 ) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -128,7 +134,7 @@ def _score(
     for b, xb in enumerate(
         tqdm(batches, desc=f"log-likelihood (S={num_samples})", disable=not progress, leave=False)
     ):
-        g = torch.Generator(device=model.device).manual_seed(seed * 1_000_003 + b)
+        g = _batch_generator(model, seed, b)
         if certify:
             lo, up = log_weight_bounds(model, xb, num_samples, generator=g)  # [S, B] each
             lls.append(torch.logsumexp(lo, 0) - math.log(num_samples))
@@ -160,7 +166,7 @@ def _check_truncation(
         for b, xb in enumerate(x.split(batch_size)):
             if b * batch_size >= n:
                 break
-            g = torch.Generator(device=model.device).manual_seed(seed * 1_000_003 + b)
+            g = _batch_generator(model, seed, b)
             w = log_weights(model, xb, num_samples, generator=g, columns=min(xb.shape[0], n - b * batch_size))
             exact.append(torch.logsumexp(w, 0) - math.log(num_samples))
     finally:
