@@ -72,6 +72,7 @@ from exemplar_vae.config import validate
 from exemplar_vae.data import dynamic_binarize
 from exemplar_vae.evaluation import evaluate_density
 from exemplar_vae.functional import log_normal_diag, reparameterize
+from exemplar_vae.models.layers import GatedDense
 from exemplar_vae.models.vae import VAE
 from exemplar_vae.pipeline import build_model, load_run
 from exemplar_vae.priors.exemplar import ExemplarPrior, exemplar_log_kernel
@@ -217,8 +218,21 @@ class Rates:
     encoder_mean_flops: int  # per input, the mean path the exemplar prior re-encodes
 
 
+def product_shapes(module: nn.Module, rows: int) -> list[tuple[int, int, int]]:
+    """The matrix products [rows, in] @ [in, out] one forward of ``module`` runs: a ``GatedDense`` runs its
+    two maps as one product of width 2 x out, every other ``nn.Linear`` one of its own."""
+    shapes, fused = [], set()
+    for m in module.modules():
+        if isinstance(m, GatedDense):
+            shapes.append((rows, m.h.in_features, 2 * m.h.out_features))
+            fused.update({id(m.h), id(m.g)})
+        elif isinstance(m, nn.Linear) and id(m) not in fused:
+            shapes.append((rows, m.in_features, m.out_features))
+    return shapes
+
+
 def measure_rates(model: VAE, rows: int, square: int) -> Rates:
-    dec = [(rows, m.in_features, m.out_features) for m in model.decoder.modules() if isinstance(m, nn.Linear)]
+    dec = product_shapes(model.decoder, rows)
     head = getattr(model.encoder, "log_var_head", None)
     return Rates(
         matmul_rate([(square, square, square)]),
@@ -234,7 +248,8 @@ def rates_report(r: Rates, args: argparse.Namespace) -> list[str]:
         "## 0. Machine rates and FLOP counts",
         "",
         f"- float32 matmul, {args.square}x{args.square} square: **{r.square_gflops:.1f} GFLOP/s**",
-        f"- float32 matmul, the decoder's layer shapes on {args.chunk_rows:,} rows (one evaluation chunk): "
+        f"- float32 matmul, the decoder's products on {args.chunk_rows:,} rows (one evaluation chunk; each gated "
+        "layer's two maps as one product of twice the width, as the model runs them): "
         f"**{r.decoder_gflops:.1f} GFLOP/s** (the rate every floor below uses)",
         f"- decoder: {r.decoder_flops / 1e6:.3f} MFLOP per importance sample (its nn.Linear layers, "
         f"2 x in x out; gates not counted); encoder: {r.encoder_flops / 1e6:.3f} MFLOP per input, of "

@@ -37,6 +37,15 @@ def test_flop_counts_follow_the_linear_layers(bench) -> None:  # noqa: ANN001
     assert bench.matmul_rate([(64, 32, 16)], repeats=1) > 0
 
 
+def test_product_shapes_fuse_each_gated_layer_as_the_model_runs_it(bench) -> None:  # noqa: ANN001
+    from exemplar_vae.models.decoders import MLPDecoder
+
+    dec = MLPDecoder(40, 300, 784)
+    shapes = bench.product_shapes(dec, 7)
+    assert shapes == [(7, 40, 600), (7, 300, 600), (7, 300, 784)]
+    assert sum(2 * k * n for _, k, n in shapes) == bench.linear_flops(dec)  # same FLOPs, fewer products
+
+
 def test_quick_helpers_on_digits(bench, digits) -> None:  # noqa: ANN001
     args = bench.parse_args(["--quick", "--dataset", "digits", "--no-memory", "--run", "none"])
     assert args.samples == 50 and args.run is None

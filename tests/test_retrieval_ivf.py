@@ -134,11 +134,13 @@ def test_config_validates_search() -> None:
     for prior, match in (
         (PriorConfig(search="hnsw"), "--search"),
         (PriorConfig(nprobe=0), "--nprobe"),
+        (PriorConfig(name="exemplar", nprobe=4), "applies to the approximate search"),
         (PriorConfig(search="ivf", knn=0), "--knn"),
         (PriorConfig(name="gaussian", search="ivf"), "exemplar prior's retrieval"),
     ):
         with pytest.raises(ConfigError, match=match):
             validate(RunConfig(prior=prior))
+    validate(RunConfig(prior=PriorConfig(name="exemplar", search="ivf", nprobe=4)))
     loaded = RunConfig.from_dict({"prior": {"name": "exemplar", "knn": 10}})  # configs from before the flag
     assert loaded.prior.search == "exact" and loaded.prior.nprobe == 16
     with pytest.raises(ConfigError, match="unknown search"):

