@@ -212,10 +212,28 @@ def matmul_rate(shapes: list[tuple[int, int, int]], repeats: int = 3) -> float:
 @dataclass
 class Rates:
     square_gflops: float  # a large square float32 product
-    decoder_gflops: float  # the decoder's layer shapes on one evaluation chunk of rows
+    decoder_shapes: list[tuple[int, int, int]]  # the decoder's products on one evaluation chunk of rows
+    decoder_samples: list[float]  # their rate (GFLOP/s), measured at several moments of the run
     decoder_flops: int  # per importance sample
     encoder_flops: int  # per input (both heads)
     encoder_mean_flops: int  # per input, the mean path the exemplar prior re-encodes
+
+    @property
+    def decoder_gflops(self) -> float:
+        """The fastest rate measured: this machine's speed drifts within minutes, and the floors use the
+        best it showed (the strictest floor)."""
+        return max(self.decoder_samples)
+
+    def resample(self) -> None:
+        """Measure the decoder-shaped rate once more (between the benchmark's sections)."""
+        self.decoder_samples.append(matmul_rate(self.decoder_shapes))
+
+    def resample_around(self) -> float:
+        """Measure the rate after a section; returns the faster of it and the one measured before the
+        section (the section's local rate: the floor of the machine as it ran at that time)."""
+        before = self.decoder_samples[-1]
+        self.resample()
+        return max(before, self.decoder_samples[-1])
 
 
 def product_shapes(module: nn.Module, rows: int) -> list[tuple[int, int, int]]:
@@ -236,7 +254,8 @@ def measure_rates(model: VAE, rows: int, square: int) -> Rates:
     head = getattr(model.encoder, "log_var_head", None)
     return Rates(
         matmul_rate([(square, square, square)]),
-        matmul_rate(dec),
+        dec,
+        [matmul_rate(dec)],
         linear_flops(model.decoder),
         linear_flops(model.encoder),
         linear_flops(model.encoder, (head,) if head is not None else ()),
@@ -250,7 +269,9 @@ def rates_report(r: Rates, args: argparse.Namespace) -> list[str]:
         f"- float32 matmul, {args.square}x{args.square} square: **{r.square_gflops:.1f} GFLOP/s**",
         f"- float32 matmul, the decoder's products on {args.chunk_rows:,} rows (one evaluation chunk; each gated "
         "layer's two maps as one product of twice the width, as the model runs them): "
-        f"**{r.decoder_gflops:.1f} GFLOP/s** (the rate every floor below uses)",
+        f"**{r.decoder_gflops:.1f} GFLOP/s**, the fastest of {len(r.decoder_samples)} measurements taken between "
+        f"the sections of this run ({', '.join(f'{g:.0f}' for g in r.decoder_samples)}; the machine's speed "
+        "drifts): the rate every floor below uses",
         f"- decoder: {r.decoder_flops / 1e6:.3f} MFLOP per importance sample (its nn.Linear layers, "
         f"2 x in x out; gates not counted); encoder: {r.encoder_flops / 1e6:.3f} MFLOP per input, of "
         f"which the mean path (what the exemplar prior re-encodes) {r.encoder_mean_flops / 1e6:.3f}",
@@ -270,6 +291,7 @@ class TrainRow:
     index_s: float | None = None  # building the IVF index after a refresh (ivf rows)
     validate_s: float | None = None  # validate() with the cache fresh
     label: str | None = None  # a row that is not one of our priors (the official-style step)
+    local_gflops: float | None = None  # the faster of the rates measured just before and just after the row
 
     @property
     def median(self) -> float:
@@ -435,13 +457,15 @@ def training_report(
         f"Median over the timed steps (after {args.warmup} warm-up steps) of one iteration of "
         "`Trainer.train_epoch`. FLOP floor = 3 x forward FLOPs (forward + backward) of the batch through "
         "encoder and decoder, plus the prior's encoder passes (VampPrior: K pseudo-inputs; exemplar prior: "
-        "the exemplars re-encoded with gradient, mean path), at the decoder-shaped matmul rate. "
+        "the exemplars re-encoded with gradient, mean path), at the decoder-shaped matmul rate (the fastest "
+        "of the run: the strictest floor); `x floor, local rate` uses instead the faster of the rates measured "
+        "just before and just after the row (the machine as it ran then). "
         f"`s/epoch` = {rows[0].steps_per_epoch} steps (N = {data.num_train:,}) x median step, plus the "
         "cache refresh for the exemplar prior (floor: N codes through the mean path).",
         "",
         "| prior | k | M | exemplars re-encoded / step | steps timed | median ms/step | floor ms/step "
-        "| x floor | x Gaussian | s/epoch | floor s/epoch | epoch x floor |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| x floor | x floor, local rate | x Gaussian | s/epoch | floor s/epoch | epoch x floor |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         name, k, m = prior_label(r.prior)
@@ -452,6 +476,7 @@ def training_report(
                 f" (nprobe {r.prior.nprobe})" if r.prior.search == "ivf" else ""
             )
         floor = step_floor_flops(r, rates, args.batch_size) / rate
+        local = r.local_gflops if r.local_gflops is not None else rates.decoder_gflops
         refresh = statistics.median(r.refresh_s) if r.refresh_s else 0.0
         refresh += r.index_s or 0.0
         epoch = r.steps_per_epoch * r.median + refresh
@@ -459,7 +484,8 @@ def training_report(
         union = f"{r.union:,}" if r.union is not None else "-"
         out.append(
             f"| {name} | {k} | {m} | {union} | {len(r.step_s)} | {1e3 * r.median:.1f} | {1e3 * floor:.1f} "
-            f"| {r.median / floor:.2f} | {r.median / base:.2f} | {epoch:.1f} | {epoch_floor:.1f} "
+            f"| {r.median / floor:.2f} | {r.median / (floor * rate / (1e9 * local)):.2f} "
+            f"| {r.median / base:.2f} | {epoch:.1f} | {epoch_floor:.1f} "
             f"| {epoch / epoch_floor:.2f} |"
         )
     knn_rows = [r for r in rows if r.label is None and r.prior.name == "exemplar" and r.prior.knn > 0]
@@ -564,16 +590,21 @@ class EvalResults:
     certify_points: int
     certify_s: float
     certified: dict
+    local_gflops: float  # the faster of the rates measured just before and just after the default path
 
 
-def bench_evaluation(model: VAE, label: str, args: argparse.Namespace, data: DataSplits) -> EvalResults:
+def bench_evaluation(
+    model: VAE, label: str, args: argparse.Namespace, data: DataSplits, rates: Rates
+) -> EvalResults:
     device, samples, k = args.device, args.samples, args.candidates
     refresh = timed(lambda: model.prior.refresh(model.encoder), device)
     x = data.test_x.to(device)
     common = dict(candidates=k, seed=args.seed, progress=False)
     logger.info("evaluation: default path, %d points at S=%d", args.eval_points, samples)
     evaluate_density(model, x[:2], min(samples, 100), batch_size=2, **common)  # warm-up
+    rates.resample()
     default = evaluate_density(model, x[: args.eval_points], samples, batch_size=args.eval_batch, **common)
+    local = rates.resample_around()
     logger.info("evaluation: matmul brute force on %d points", args.check_points)
     cp = args.check_points
     check = evaluate_density(model, x[:cp], samples, batch_size=cp, check_exact=cp, **common)
@@ -594,7 +625,7 @@ def bench_evaluation(model: VAE, label: str, args: argparse.Namespace, data: Dat
         label, refresh, default["examples"], default["seconds"], default["log_likelihood"],
         cp, check["seconds"], tc["exact_seconds"], tc["mean_error"], tc["max_error"],
         args.official_points, official_s, official,
-        args.certify_points, cert["seconds"], cert["certified"],
+        args.certify_points, cert["seconds"], cert["certified"], local,
     )  # fmt: skip
 
 
@@ -633,6 +664,9 @@ def evaluation_report(e: EvalResults, rates: Rates, args: argparse.Namespace, da
         f"- truncation error of the default against the matmul brute force, same importance samples, "
         f"{e.check_points} points: mean {e.check_mean_error:.2e} nats, max {e.check_max_error:.2e} nats "
         f"(the default on these points: {e.check_default_s:.2f} s)",
+        f"- at the rate measured just before and after the default path ({e.local_gflops:.1f} GFLOP/s, the "
+        f"faster of the two; the machine as it ran then) the default is **{full / floor * e.local_gflops / rates.decoder_gflops:.2f}x** "
+        "its decoder floor",
         f"- official-style log-likelihood of the first {e.official_points} point(s) (its own samples): "
         + ", ".join(f"{v:.2f}" for v in e.official_ll)
         + " nats",
@@ -781,12 +815,14 @@ def main(argv: list[str] | None = None) -> None:
         )
         extras = prior.name == "exemplar" and prior.knn > 0
         train_rows.append(bench_training(prior, steps, args, data, extras))
+        train_rows[-1].local_gflops = rates.resample_around()
     logger.info(
         "training: official-code style kNN step, %d warm-up + %d timed steps", args.warmup, args.steps
     )
     train_rows.append(official_style_training(args, data, args.steps))
+    train_rows[-1].local_gflops = rates.resample_around()
     eval_model, label = evaluation_model(args, data)
-    evaluation = bench_evaluation(eval_model, label, args, data)
+    evaluation = bench_evaluation(eval_model, label, args, data, rates)
     del eval_model
     memory: list[str] = []
     if not args.no_memory:

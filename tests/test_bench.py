@@ -53,6 +53,8 @@ def test_quick_helpers_on_digits(bench, digits) -> None:  # noqa: ANN001
     rates = bench.measure_rates(model, args.chunk_rows, args.square)
     assert rates.decoder_flops > 0 and rates.encoder_mean_flops < rates.encoder_flops
     row = bench.bench_training(bench.PriorConfig("exemplar", exemplars=500, knn=5), 2, args, digits, True)
+    row.local_gflops = rates.resample_around()
+    assert len(rates.decoder_samples) == 2 and rates.decoder_gflops == max(rates.decoder_samples)
     assert len(row.step_s) == 2 and row.union is not None and 0 < row.union <= 100 * 6
     assert row.search_s is not None and row.validate_s is not None
     ivf = bench.bench_training(
@@ -69,12 +71,18 @@ def test_quick_helpers_on_digits(bench, digits) -> None:  # noqa: ANN001
     assert any(line.startswith("IVF search") and "recall" in line for line in lines)
 
     eval_model, label = bench.evaluation_model(args, digits)
-    res = bench.bench_evaluation(eval_model, label, args, digits)
+    res = bench.bench_evaluation(eval_model, label, args, digits, rates)
+    assert len(rates.decoder_samples) == 4 and res.local_gflops <= rates.decoder_gflops
     assert res.points == args.eval_points and res.check_mean_error >= -1e-5
     assert all(math.isfinite(v) for v in res.official_ll)
     assert 0.0 <= res.certified["fraction_below_0.01"] <= 1.0
     report = "\n".join(bench.evaluation_report(res, rates, args, digits))
-    assert "official-code style" in report and "decoder-FLOP floor" in report
+    assert (
+        "official-code style" in report
+        and "decoder-FLOP floor" in report
+        and "just before and after" in report
+    )
+    assert any(line.startswith("| exemplar, exact search | 5 |") and line.count("|") == 14 for line in lines)
 
 
 def test_memory_job_reports_peak_rss(bench) -> None:  # noqa: ANN001

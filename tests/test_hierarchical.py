@@ -305,3 +305,23 @@ def test_hvae_check_exact_rescores_the_requested_points_on_their_own_samples(poi
     assert check["points"] == points and float(diff.max()) > 1e-4  # the truncation matters here
     assert math.isclose(check["mean_error"], float(diff.mean()), rel_tol=1e-5, abs_tol=1e-7)
     assert math.isclose(check["max_error"], float(diff.max()), rel_tol=1e-5, abs_tol=1e-7)
+
+
+def test_hvae_importance_samples_do_not_depend_on_the_chunk_size() -> None:
+    """z2 and z1 each read their own random stream, so the log-weights are the same whatever the number
+    of codes decoded at once (the CPU's and a GPU's chunk sizes differ); a one-layer model keeps a single
+    stream, so its weights are those of the same generator unsplit."""
+    from exemplar_vae.objectives.likelihood import log_weights
+
+    model = copy.deepcopy(build_hvae("gaussian")).double()
+    x = ALL_X[:5].double()
+    # chunks of 16, 32 and all 64 samples: torch draws normals in blocks of 16 values, so a stream read in
+    # chunks of a multiple of 16 values equals one draw (as for B = 100 test points with d = 40)
+    weights = [
+        log_weights(model, x, 64, max_rows=rows, generator=torch.Generator().manual_seed(3))
+        for rows in (80, 160, None)
+    ]
+    for w in weights[1:]:
+        torch.testing.assert_close(w, weights[0], rtol=1e-12, atol=1e-10)
+    other = log_weights(model, x, 64, generator=torch.Generator().manual_seed(4))
+    assert not torch.allclose(other, weights[0])  # the seed matters

@@ -41,6 +41,7 @@ class HierarchicalVAE(VAE):
     """
 
     z1_encoder: ConditionalEncoder
+    lower_latents = True  # lower_terms draws z1
 
     def __init__(
         self,

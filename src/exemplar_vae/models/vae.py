@@ -46,6 +46,9 @@ class VAE(nn.Module):
     # GPU gets larger chunks. Convolutional decoders lower both to bound their memory (build.py).
     eval_rows: int = 4000
     eval_rows_accelerator: int = 32000
+    # whether ``lower_terms`` draws latents of its own below z (the importance sampler gives them their
+    # own random stream; see objectives.likelihood)
+    lower_latents: bool = False
 
     def evaluation_rows(self, device: torch.device) -> int:
         """Codes decoded per chunk during importance sampling on ``device``."""

@@ -40,13 +40,28 @@ def _proposal_terms(
     mean, log_var = model.encode(x)  # [B, d]
     rows = max_rows if max_rows is not None else model.evaluation_rows(x.device)
     chunk = max(1, rows // max(1, b))
+    lower_generator = _lower_stream(model, generator)
     for start in range(0, num_samples, chunk):
         s = min(chunk, num_samples - start)
         eps = torch.randn((s, b, mean.shape[1]), dtype=mean.dtype, device=mean.device, generator=generator)
         z = reparameterize(mean, log_var, eps)  # [s, B, d]
         log_q = log_normal_diag(z, mean, log_var)  # [s, B]
-        lower = model.lower_terms(x, z, generator)  # [s, B] each
+        lower = model.lower_terms(x, z, lower_generator)  # [s, B] each
         yield z, lower.log_px.double() - lower.kl_lower.double() - log_q.double(), mean
+
+
+def _lower_stream(model: VAE, generator: torch.Generator | None) -> torch.Generator | None:
+    """The generator of the latents below z (the HVAE's z1).
+
+    A model with such latents gets a second stream, seeded with one draw from ``generator``: z and z1 then
+    each read their own stream in order, so the samples do not depend on how the S samples are split
+    into chunks (a CPU and a GPU use different chunk sizes) -- as long as every chunk holds a multiple of
+    16 values (torch draws normals in blocks of 16 on a CPU), e.g. any even number of test points with
+    d = 40. A one-layer model draws nothing below z and keeps ``generator``."""
+    if generator is None or not model.lower_latents:
+        return generator
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+    return torch.Generator(device=generator.device).manual_seed(seed)
 
 
 @torch.no_grad()
