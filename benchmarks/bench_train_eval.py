@@ -217,6 +217,11 @@ class Rates:
     decoder_flops: int  # per importance sample
     encoder_flops: int  # per input (both heads)
     encoder_mean_flops: int  # per input, the mean path the exemplar prior re-encodes
+    encoder_layers: list[tuple[int, int]]  # (in, out) of each product of the encoder, in forward order
+    encoder_mean_layers: list[tuple[int, int]]  # the same without the log-variance head
+    decoder_layers: list[tuple[int, int]]
+    softplus_ns: float  # seconds x 1e9 per element of F.softplus on one evaluation chunk of logits
+    exp_ns: float  # seconds x 1e9 per element of an in-place exp on one chunk of prior exponents
 
     @property
     def decoder_gflops(self) -> float:
@@ -236,10 +241,14 @@ class Rates:
         return max(before, self.decoder_samples[-1])
 
 
-def product_shapes(module: nn.Module, rows: int) -> list[tuple[int, int, int]]:
-    """The matrix products [rows, in] @ [in, out] one forward of ``module`` runs: a ``GatedDense`` runs its
-    two maps as one product of width 2 x out, every other ``nn.Linear`` one of its own."""
-    shapes, fused = [], set()
+def product_shapes(
+    module: nn.Module, rows: int, skip: tuple[nn.Module, ...] = ()
+) -> list[tuple[int, int, int]]:
+    """The matrix products [rows, in] @ [in, out] one forward of ``module`` runs (except in ``skip``): a
+    ``GatedDense`` runs its two maps as one product of width 2 x out, every other ``nn.Linear`` one of its
+    own."""
+    shapes: list[tuple[int, int, int]] = []
+    fused = {id(m) for part in skip for m in part.modules()}
     for m in module.modules():
         if isinstance(m, GatedDense):
             shapes.append((rows, m.h.in_features, 2 * m.h.out_features))
@@ -249,17 +258,63 @@ def product_shapes(module: nn.Module, rows: int) -> list[tuple[int, int, int]]:
     return shapes
 
 
-def measure_rates(model: VAE, rows: int, square: int) -> Rates:
+def elementwise_ns(fn: Callable[[Tensor], object], shape: tuple[int, ...], repeats: int = 5) -> float:
+    """Nanoseconds per element of ``fn`` on a random float32 tensor of ``shape`` (best of repeats)."""
+    t = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    fn(t.clone())  # warm-up
+    best = math.inf
+    for _ in range(repeats):
+        u = t.clone()
+        start = time.perf_counter()
+        fn(u)
+        best = min(best, time.perf_counter() - start)
+    return 1e9 * best / t.numel()
+
+
+def measure_rates(model: VAE, rows: int, square: int, data_dim: int, candidates: int) -> Rates:
     dec = product_shapes(model.decoder, rows)
     head = getattr(model.encoder, "log_var_head", None)
+    skip = (head,) if head is not None else ()
     return Rates(
         matmul_rate([(square, square, square)]),
         dec,
         [matmul_rate(dec)],
         linear_flops(model.decoder),
         linear_flops(model.encoder),
-        linear_flops(model.encoder, (head,) if head is not None else ()),
+        linear_flops(model.encoder, skip),
+        [(k, n) for _, k, n in product_shapes(model.encoder, 1)],
+        [(k, n) for _, k, n in product_shapes(model.encoder, 1, skip)],
+        [(k, n) for _, k, n in dec],
+        elementwise_ns(lambda t: torch.nn.functional.softplus(t, threshold=20.0), (rows, data_dim)),
+        elementwise_ns(lambda t: t.exp_(), (rows, candidates)),
     )
+
+
+def products_seconds(shapes: list[tuple[int, int, int]]) -> float:
+    """Seconds the products ``shapes`` take, run one after the other on random matrices (best of 3)."""
+    return sum(2 * m * k * n for m, k, n in shapes) / (1e9 * matmul_rate(shapes))
+
+
+def step_products(row: TrainRow, rates: Rates, batch: int) -> list[tuple[int, int, int]]:
+    """The matrix products [m, k] @ [k, n] of one training step, forward and backward: the batch through
+    encoder and decoder, and the rows the prior adds through the encoder (VampPrior's K pseudo-inputs;
+    the exemplar prior's re-encoded exemplars, mean path). Backward: a weight gradient for every product
+    and an input gradient for every product but the first of an encoder pass over images."""
+
+    def passes(layers: list[tuple[int, int]], rows: int, input_grad: bool) -> list[tuple[int, int, int]]:
+        out = [(rows, k, n) for k, n in layers]
+        for i, (k, n) in enumerate(layers):
+            out.append((n, rows, k))  # dW = dY^T X
+            if i > 0 or input_grad:
+                out.append((rows, n, k))  # dX = dY W
+        return out
+
+    shapes = passes(rates.encoder_layers, batch, False) + passes(rates.decoder_layers, batch, True)
+    if row.prior.name == "vampprior":
+        shapes += passes(rates.encoder_layers, row.prior.components, True)
+    if row.prior.name == "exemplar" and row.union is not None:
+        shapes += passes(rates.encoder_mean_layers, row.union, False)
+    return shapes
 
 
 def rates_report(r: Rates, args: argparse.Namespace) -> list[str]:
@@ -292,6 +347,9 @@ class TrainRow:
     validate_s: float | None = None  # validate() with the cache fresh
     label: str | None = None  # a row that is not one of our priors (the official-style step)
     local_gflops: float | None = None  # the faster of the rates measured just before and just after the row
+    products_s: float | None = (
+        None  # the step's matrix products alone (``step_products``), timed after the row
+    )
 
     @property
     def median(self) -> float:
@@ -459,13 +517,18 @@ def training_report(
         "encoder and decoder, plus the prior's encoder passes (VampPrior: K pseudo-inputs; exemplar prior: "
         "the exemplars re-encoded with gradient, mean path), at the decoder-shaped matmul rate (the fastest "
         "of the run: the strictest floor); `x floor, local rate` uses instead the faster of the rates measured "
-        "just before and just after the row (the machine as it ran then). "
+        "just before and just after the row (the machine as it ran then); `x own products` divides the step by "
+        "the time its own matrix products take alone (forward, weight and input gradients at the step's shapes, "
+        "on random matrices, timed right after the row): what is left above 1 is everything but the products, "
+        "and the gap between it and `x floor` is the products running slower at the step's shapes (100-row "
+        "batches, transposed gradients) than at the evaluation chunk's. "
         f"`s/epoch` = {rows[0].steps_per_epoch} steps (N = {data.num_train:,}) x median step, plus the "
         "cache refresh for the exemplar prior (floor: N codes through the mean path).",
         "",
         "| prior | k | M | exemplars re-encoded / step | steps timed | median ms/step | floor ms/step "
-        "| x floor | x floor, local rate | x Gaussian | s/epoch | floor s/epoch | epoch x floor |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| x floor | x floor, local rate | x own products | x Gaussian | s/epoch | floor s/epoch "
+        "| epoch x floor |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         name, k, m = prior_label(r.prior)
@@ -477,6 +540,7 @@ def training_report(
             )
         floor = step_floor_flops(r, rates, args.batch_size) / rate
         local = r.local_gflops if r.local_gflops is not None else rates.decoder_gflops
+        own = f"{r.median / r.products_s:.2f}" if r.products_s else "-"
         refresh = statistics.median(r.refresh_s) if r.refresh_s else 0.0
         refresh += r.index_s or 0.0
         epoch = r.steps_per_epoch * r.median + refresh
@@ -484,7 +548,7 @@ def training_report(
         union = f"{r.union:,}" if r.union is not None else "-"
         out.append(
             f"| {name} | {k} | {m} | {union} | {len(r.step_s)} | {1e3 * r.median:.1f} | {1e3 * floor:.1f} "
-            f"| {r.median / floor:.2f} | {r.median / (floor * rate / (1e9 * local)):.2f} "
+            f"| {r.median / floor:.2f} | {r.median / (floor * rate / (1e9 * local)):.2f} | {own} "
             f"| {r.median / base:.2f} | {epoch:.1f} | {epoch_floor:.1f} "
             f"| {epoch / epoch_floor:.2f} |"
         )
@@ -633,6 +697,9 @@ def evaluation_report(e: EvalResults, rates: Rates, args: argparse.Namespace, da
     n_test, s = data.test_x.shape[0], args.samples
     floor = n_test * s * rates.decoder_flops / (rates.decoder_gflops * 1e9)
     per_point = e.default_s / e.points
+    # the element-wise functions the default evaluates per sample, at the per-element rates measured at
+    # start: a softplus for each of the D logits, an exp for each of the K kept kernel terms
+    elem = floor + n_test * s * 1e-9 * (data.data_dim * rates.softplus_ns + args.candidates * rates.exp_ns)
     full = e.refresh_s + n_test * per_point
     bf = e.check_exact_s / e.check_points
     off = e.official_s / e.official_points
@@ -651,6 +718,8 @@ def evaluation_report(e: EvalResults, rates: Rates, args: argparse.Namespace, da
         "| default is faster by |",
         "|---|---|---|---|---|---|",
         f"| decoder-FLOP floor | - | {floor / n_test:.4f} | {floor:.0f} | 1.00 | - |",
+        f"| decoder-FLOP floor + the default's element-wise functions (a softplus per logit, an exp per "
+        f"kept kernel term) | - | {elem / n_test:.4f} | {elem:.0f} | {elem / floor:.2f} | - |",
         f"| **default (truncated, K = {args.candidates})** | {e.points} | {per_point:.4f} | {full:.0f} "
         f"| **{full / floor:.2f}** | - |",
         f"| brute force at matmul speed (full prior, float32 blocks) | {e.check_points} | {bf:.4f} "
@@ -664,6 +733,9 @@ def evaluation_report(e: EvalResults, rates: Rates, args: argparse.Namespace, da
         f"- truncation error of the default against the matmul brute force, same importance samples, "
         f"{e.check_points} points: mean {e.check_mean_error:.2e} nats, max {e.check_max_error:.2e} nats "
         f"(the default on these points: {e.check_default_s:.2f} s)",
+        f"- against the decoder-FLOP floor plus its element-wise functions (softplus {rates.softplus_ns:.2f} ns "
+        f"and exp {rates.exp_ns:.2f} ns per element, measured on one chunk) the default is "
+        f"**{full / elem:.2f}x**",
         f"- at the rate measured just before and after the default path ({e.local_gflops:.1f} GFLOP/s, the "
         f"faster of the two; the machine as it ran then) the default is **{full / floor * e.local_gflops / rates.decoder_gflops:.2f}x** "
         "its decoder floor",
@@ -798,7 +870,7 @@ def main(argv: list[str] | None = None) -> None:
     model, _ = fresh_model(PriorConfig("gaussian"), args, data)
     if args.chunk_rows is None:
         args.chunk_rows = model.evaluation_rows(args.device)
-    rates = measure_rates(model, args.chunk_rows, args.square)
+    rates = measure_rates(model, args.chunk_rows, args.square, data.data_dim, args.candidates)
     m = args.exemplars if args.exemplars is not None else data.num_train // 2
     priors = [
         (PriorConfig("gaussian"), args.steps),
@@ -816,11 +888,13 @@ def main(argv: list[str] | None = None) -> None:
         extras = prior.name == "exemplar" and prior.knn > 0
         train_rows.append(bench_training(prior, steps, args, data, extras))
         train_rows[-1].local_gflops = rates.resample_around()
+        train_rows[-1].products_s = products_seconds(step_products(train_rows[-1], rates, args.batch_size))
     logger.info(
         "training: official-code style kNN step, %d warm-up + %d timed steps", args.warmup, args.steps
     )
     train_rows.append(official_style_training(args, data, args.steps))
     train_rows[-1].local_gflops = rates.resample_around()
+    train_rows[-1].products_s = products_seconds(step_products(train_rows[-1], rates, args.batch_size))
     eval_model, label = evaluation_model(args, data)
     evaluation = bench_evaluation(eval_model, label, args, data, rates)
     del eval_model

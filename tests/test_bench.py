@@ -50,10 +50,20 @@ def test_quick_helpers_on_digits(bench, digits) -> None:  # noqa: ANN001
     args = bench.parse_args(["--quick", "--dataset", "digits", "--no-memory", "--run", "none"])
     assert args.samples == 50 and args.run is None
     model, _ = bench.fresh_model(bench.PriorConfig("gaussian"), args, digits)
-    rates = bench.measure_rates(model, args.chunk_rows, args.square)
+    rates = bench.measure_rates(model, args.chunk_rows, args.square, digits.data_dim, args.candidates)
+    assert (
+        rates.softplus_ns > 0 and rates.exp_ns > 0 and rates.encoder_mean_layers == rates.encoder_layers[:-1]
+    )
     assert rates.decoder_flops > 0 and rates.encoder_mean_flops < rates.encoder_flops
     row = bench.bench_training(bench.PriorConfig("exemplar", exemplars=500, knn=5), 2, args, digits, True)
     row.local_gflops = rates.resample_around()
+    shapes = bench.step_products(row, rates, 100)
+    # forward + backward = 3x forward, less the first encoder layer's input gradient of both encoder passes
+    first = 2 * rates.encoder_layers[0][0] * rates.encoder_layers[0][1]
+    assert sum(2 * m * k * n for m, k, n in shapes) == bench.step_floor_flops(row, rates, 100) - first * (
+        100 + row.union
+    )
+    row.products_s = bench.products_seconds(shapes)
     assert len(rates.decoder_samples) == 2 and rates.decoder_gflops == max(rates.decoder_samples)
     assert len(row.step_s) == 2 and row.union is not None and 0 < row.union <= 100 * 6
     assert row.search_s is not None and row.validate_s is not None
@@ -82,7 +92,7 @@ def test_quick_helpers_on_digits(bench, digits) -> None:  # noqa: ANN001
         and "decoder-FLOP floor" in report
         and "just before and after" in report
     )
-    assert any(line.startswith("| exemplar, exact search | 5 |") and line.count("|") == 14 for line in lines)
+    assert any(line.startswith("| exemplar, exact search | 5 |") and line.count("|") == 15 for line in lines)
 
 
 def test_memory_job_reports_peak_rss(bench) -> None:  # noqa: ANN001
