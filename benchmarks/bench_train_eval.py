@@ -522,13 +522,16 @@ def prepare_official(args: argparse.Namespace, data: DataSplits) -> Stepper:
         row.union = int(chosen.shape[0])
 
     def run(k: int) -> list[float]:
+        # k + 1 steps, the first untimed: as for our rows (``prepare_training``), whose first step of a call
+        # only starts the clock, no row is timed cold after another row ran
         times = []
-        for _ in range(k):
+        for i in range(k + 1):
             sync(args.device)
             start = time.perf_counter()
             step()
             sync(args.device)
-            times.append(time.perf_counter() - start)
+            if i > 0:
+                times.append(time.perf_counter() - start)
         return times
 
     run(args.warmup)
@@ -552,6 +555,7 @@ def bench_training(
     steppers.append(prepare_official(args, data))
     counts = [steps for _, steps in priors] + [args.steps]
     rates.round_rates = []
+    rates.resample()  # the first round's start: after the preparation (loads, refreshes, warm-ups)
     for r in range(args.rounds):
         logger.info("training: round %d of %d", r + 1, args.rounds)
         before = rates.decoder_samples[-1]
@@ -601,9 +605,10 @@ def training_report(
         "the floor at its round's rate (the faster of the rates measured at the round's start and end); "
         "`x own products` is the median over rounds of the round's median step against the time the step's "
         "own matrix products take alone in that round (forward, weight and input gradients at the step's "
-        "shapes, on random matrices): what is left above 1 is everything but the products, and the gap "
-        "between it and `x floor` is the products running slower at the step's shapes (100-row batches, "
-        "transposed gradients) than at the evaluation chunk's. "
+        "shapes, on random matrices): what is left above 1 is everything but the products. The floor's FLOPs "
+        "(3x the forward) exceed the products' (the first encoder layer needs no input gradient for images) "
+        "by the factor in parentheses after the row's floor, so `x own products` / `x floor` / that factor "
+        "is the products' speed at the step's shapes against the floor's rate. "
         f"`s/epoch` = {rows[0].steps_per_epoch} steps (N = {data.num_train:,}) x median step, plus the "
         "cache refresh for the exemplar prior (floor: N codes through the mean path).",
         "",
@@ -633,6 +638,7 @@ def training_report(
         union = f"{r.union:,}" if r.union is not None else "-"
         out.append(
             f"| {name} | {k} | {m} | {union} | {len(r.step_s)} | {1e3 * r.median:.1f} | {1e3 * floor:.1f} "
+            f"({flops / sum(2 * a * b * c for a, b, c in step_products(r, rates, args.batch_size)):.2f}) "
             f"| {r.median / floor:.2f} | {local:.2f} | {own:.2f} "
             f"| {r.median / base:.2f} | {epoch:.1f} | {epoch_floor:.1f} "
             f"| {epoch / epoch_floor:.2f} |"
@@ -985,8 +991,8 @@ def main(argv: list[str] | None = None) -> None:
             "",
             f"- evaluation (default path, {args.eval_points} test points, S = {args.samples:,}, batches of "
             f"{args.eval_batch}, model and data loaded): **{eval_rss:,.0f} MiB** ({eval_rss / 1024:.2f} GiB)",
-            f"- training (exemplar prior k = {args.knn}, M = {m:,}: cache refreshes + {args.warmup + args.steps} "
-            f"steps, data loaded): **{train_rss:,.0f} MiB** ({train_rss / 1024:.2f} GiB)",
+            f"- training (exemplar prior k = {args.knn}, M = {m:,}: cache refreshes + "
+            f"{args.warmup + args.steps + 2} steps, data loaded): **{train_rss:,.0f} MiB** ({train_rss / 1024:.2f} GiB)",
             "",
         ]
 

@@ -37,6 +37,13 @@ def test_fused_gated_layer_equals_h_times_sigmoid_g_with_gradients(make, shape) 
         torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-12)
 
 
+def test_gated_conv_gates_channels_of_an_unbatched_image() -> None:
+    torch.manual_seed(1)
+    layer = GatedConv2d(2, 3, 3, 2, 1).double()
+    x = torch.randn(2, 8, 8, dtype=torch.float64)  # [C, H, W]
+    torch.testing.assert_close(layer(x), _two_maps(layer, x), rtol=1e-12, atol=1e-12)
+
+
 def test_gated_layers_keep_their_two_maps_in_the_state_dict() -> None:
     """Checkpoints written before the fused forward hold h.* and g.*; they must still load."""
     assert sorted(GatedDense(3, 2).state_dict()) == ["g.bias", "g.weight", "h.bias", "h.weight"]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
 
 from exemplar_vae.errors import ConfigError
-from exemplar_vae.training.optim import build_optimizer, normalize_gradients
+from exemplar_vae.training.optim import build_optimizer, load_optimizer_state, normalize_gradients
 
 
 def test_normalize_gradients_divides_each_tensor_by_its_own_norm() -> None:
@@ -45,3 +47,30 @@ def test_build_optimizer_matches_plain_adam() -> None:
 def test_build_optimizer_rejects_unknown_names() -> None:
     with pytest.raises(ConfigError, match="unknown optimizer"):
         build_optimizer("sgd", nn.Linear(2, 2).parameters(), 1e-3)
+
+
+def test_fused_adam_is_chosen_and_kept_when_resuming_a_per_tensor_checkpoint() -> None:
+    """This torch (>= 2.4) has a fused CPU Adam; a state saved by a per-tensor Adam (checkpoints from
+    before) loads into it without switching it back, and the next steps equal the per-tensor ones."""
+    torch.manual_seed(2)
+    a = nn.Linear(4, 3).double()
+    b = nn.Linear(4, 3).double()
+    b.load_state_dict(a.state_dict())
+    old = torch.optim.Adam(a.parameters(), lr=1e-2, foreach=False)  # the checkpoint's optimizer
+    for _ in range(3):
+        old.zero_grad()
+        a(torch.randn(6, 4, dtype=torch.float64)).pow(2).sum().backward()
+        old.step()
+    b.load_state_dict(a.state_dict())
+    new = build_optimizer("adam", b.parameters(), 1e-2)
+    assert new.defaults["fused"] is True
+    load_optimizer_state(new, copy.deepcopy(old.state_dict()))  # as read from a file: no shared tensors
+    assert all(g["fused"] is True for g in new.param_groups)
+    for _ in range(3):
+        x = torch.randn(6, 4, dtype=torch.float64)
+        for model, opt in ((a, old), (b, new)):
+            opt.zero_grad()
+            model(x).pow(2).sum().backward()
+            opt.step()
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb, rtol=1e-10, atol=1e-12)

@@ -81,4 +81,4 @@ class GatedConv2d(nn.Module):
         weight = torch.cat([self.h.weight, self.g.weight])  # [2 out_ch, in_ch, k, k]
         assert self.h.bias is not None and self.g.bias is not None  # built with biases
         bias = torch.cat([self.h.bias, self.g.bias])  # [2 out_ch]
-        return F.glu(F.conv2d(x, weight, bias, self.h.stride, self.h.padding), dim=1)
+        return F.glu(F.conv2d(x, weight, bias, self.h.stride, self.h.padding), dim=-3)  # channels

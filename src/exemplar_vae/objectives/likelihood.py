@@ -54,10 +54,12 @@ def _lower_stream(model: VAE, generator: torch.Generator | None) -> torch.Genera
     """The generator of the latents below z (the HVAE's z1).
 
     A model with such latents gets a second stream, seeded with one draw from ``generator``: z and z1 then
-    each read their own stream in order, so the samples do not depend on how the S samples are split
-    into chunks (a CPU and a GPU use different chunk sizes) -- as long as every chunk holds a multiple of
-    16 values (torch draws normals in blocks of 16 on a CPU), e.g. any even number of test points with
-    d = 40. A one-layer model draws nothing below z and keeps ``generator``."""
+    each read their own stream in order, so on a CPU the samples do not depend on how the S samples are
+    split into chunks (``max_rows``) -- as long as every chunk holds a multiple of 16 values (torch draws
+    normals in blocks of 16 there), e.g. any even number of test points with d = 40. (CPU and GPU
+    generators differ, so their samples never match; a model's samples for a seed also differ from those
+    of the code before this stream, which drew z1 from the shared one.) A one-layer model draws nothing
+    below z and keeps ``generator``."""
     if generator is None or not model.lower_latents:
         return generator
     seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))

@@ -29,7 +29,7 @@ from exemplar_vae.errors import ExemplarVAEError
 from exemplar_vae.functional import kl_warmup
 from exemplar_vae.models.vae import VAE
 from exemplar_vae.training.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
-from exemplar_vae.training.optim import build_optimizer, normalize_gradients
+from exemplar_vae.training.optim import build_optimizer, load_optimizer_state, normalize_gradients
 
 AMP_DTYPES: dict[str, torch.dtype | None] = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -162,7 +162,7 @@ class Trainer:
                 f"{self.run_dir / LAST} was trained with a different data/model/prior configuration"
             )
         self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        load_optimizer_state(self.optimizer, ckpt["optimizer"])
         self.state = LoopState(**ckpt["loop"])
         if "scaler" in ckpt and self.scaler.is_enabled():
             self.scaler.load_state_dict(ckpt["scaler"])
