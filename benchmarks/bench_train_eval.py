@@ -85,6 +85,7 @@ from exemplar_vae.training.loop import BatchSampler, Trainer
 logger = logging.getLogger("bench")
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+UNSTEADY = 1.25  # slowest-to-fastest spread of the run's matmul-rate samples above which a run is flagged
 TRAINED_RUN = Path(__file__).resolve().parents[1] / "runs" / "fashion" / "exemplar"
 
 
@@ -332,6 +333,16 @@ def rates_report(r: Rates, args: argparse.Namespace) -> list[str]:
         f"- decoder: {r.decoder_flops / 1e6:.3f} MFLOP per importance sample (its nn.Linear layers, "
         f"2 x in x out; gates not counted); encoder: {r.encoder_flops / 1e6:.3f} MFLOP per input, of "
         f"which the mean path (what the exemplar prior re-encodes) {r.encoder_mean_flops / 1e6:.3f}",
+        *(
+            [
+                f"- **warning: the matmul rate varied {spread:.2f}x during this run (slowest to fastest "
+                f"sample; above {UNSTEADY:.2f}x counts as unsteady): other load shared the machine, and the "
+                "ratios against the strictest floor overstate the overheads; the local-rate columns are "
+                "the steadier figures**"
+            ]
+            if (spread := max(r.decoder_samples) / min(r.decoder_samples)) > UNSTEADY
+            else []
+        ),
     ]
 
 
