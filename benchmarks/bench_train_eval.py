@@ -221,10 +221,14 @@ class Rates:
     encoder_mean_flops: int  # per input, the mean path the exemplar prior re-encodes
     encoder_layers: list[tuple[int, int]]  # (in, out) of each product of the encoder, in forward order
     encoder_mean_layers: list[tuple[int, int]]  # the same without the log-variance head
-    decoder_layers: list[tuple[int, int]]
     softplus_ns: float  # seconds x 1e9 per element of F.softplus on one evaluation chunk of logits
     exp_ns: float  # seconds x 1e9 per element of an in-place exp on one chunk of prior exponents
     round_rates: list[float] = field(default_factory=list)  # training round -> its local decoder rate
+
+    @property
+    def decoder_layers(self) -> list[tuple[int, int]]:
+        """(in, out) of each product of the decoder, in forward order."""
+        return [(k, n) for _, k, n in self.decoder_shapes]
 
     @property
     def decoder_gflops(self) -> float:
@@ -287,7 +291,6 @@ def measure_rates(model: VAE, rows: int, square: int, data_dim: int, candidates:
         linear_flops(model.encoder, skip),
         [(k, n) for _, k, n in product_shapes(model.encoder, 1)],
         [(k, n) for _, k, n in product_shapes(model.encoder, 1, skip)],
-        [(k, n) for _, k, n in dec],
         elementwise_ns(lambda t: torch.nn.functional.softplus(t, threshold=20.0), (rows, data_dim)),
         elementwise_ns(lambda t: t.exp_(), (rows, candidates)),
     )
@@ -569,7 +572,6 @@ def bench_training(
     rates.resample()  # the first round's start: after the preparation (loads, refreshes, warm-ups)
     for r in range(args.rounds):
         logger.info("training: round %d of %d", r + 1, args.rounds)
-        before = rates.decoder_samples[-1]
         for stepper, total in zip(steppers, counts, strict=True):
             n = total // args.rounds + (1 if r < total % args.rounds else 0)
             if n == 0:
@@ -578,8 +580,7 @@ def bench_training(
             stepper.row.step_s += times
             stepper.row.step_round += [r] * len(times)
             stepper.row.products_s[r] = products_seconds(step_products(stepper.row, rates, args.batch_size))
-        rates.resample()
-        rates.round_rates.append(max(before, rates.decoder_samples[-1]))
+        rates.round_rates.append(rates.resample_around())
     for stepper in steppers:
         stepper.finish()
     return [stepper.row for stepper in steppers]

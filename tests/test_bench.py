@@ -112,7 +112,7 @@ def test_unsteady_runs_are_flagged(bench) -> None:  # noqa: ANN001
     import argparse
 
     args = argparse.Namespace(square=2048, chunk_rows=4000)
-    steady = bench.Rates(100.0, [], [100.0, 90.0], 1, 1, 1, [], [], [], 1.0, 1.0)
-    unsteady = bench.Rates(100.0, [], [100.0, 70.0, 95.0], 1, 1, 1, [], [], [], 1.0, 1.0)
+    steady = bench.Rates(100.0, [], [100.0, 90.0], 1, 1, 1, [], [], 1.0, 1.0)
+    unsteady = bench.Rates(100.0, [], [100.0, 70.0, 95.0], 1, 1, 1, [], [], 1.0, 1.0)
     assert not any("warning" in line for line in bench.rates_report(steady, args))
     assert any("varied 1.43x" in line for line in bench.rates_report(unsteady, args))
