@@ -16,6 +16,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from exemplar_vae.training import atomic_write_text
+
 
 def epochs(run: Path) -> list[dict]:
     return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "epoch" in r]
@@ -104,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     report = "\n".join(lines) + "\n"
     print(report)
     if args.out is not None:
-        args.out.write_text(report)
+        atomic_write_text(args.out, report)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from exemplar_vae.data import dynamic_binarize
 from exemplar_vae.functional import leave_one_out_mask, reparameterize
 from exemplar_vae.pipeline import load_run
 from exemplar_vae.priors.exemplar import ExemplarPrior, exemplar_log_kernel
+from exemplar_vae.training import atomic_write_text
 
 
 @torch.no_grad()
@@ -113,10 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(args.out.suffix + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(args.out)
+        atomic_write_text(args.out, text)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import torch
 from exemplar_vae.objectives.likelihood import importance_sampled_log_likelihood
 from exemplar_vae.pipeline import load_run
 from exemplar_vae.priors.exemplar import ExemplarPrior
+from exemplar_vae.training import atomic_write_text
 
 
 def per_point(model, x: torch.Tensor, samples: int, batch: int, seed: int) -> torch.Tensor:  # noqa: ANN001
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     report = "\n".join(lines) + "\n"
     print(report)
     if args.out is not None:
-        args.out.write_text(report)
+        atomic_write_text(args.out, report)
 
 
 if __name__ == "__main__":
