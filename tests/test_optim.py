@@ -26,6 +26,20 @@ def test_normalize_gradients_divides_each_tensor_by_its_own_norm() -> None:
     normalize_gradients([])  # nothing to do
 
 
+def _same_steps(pairs, steps: int, rows: int, dim: int) -> None:  # noqa: ANN001
+    """``steps`` optimiser steps of each (model, optimizer) pair on the same random batches (loss: the sum
+    of squared outputs), then their parameters must agree."""
+    for _ in range(steps):
+        x = torch.randn(rows, dim, dtype=torch.float64)
+        for model, opt in pairs:
+            opt.zero_grad()
+            model(x).pow(2).sum().backward()
+            opt.step()
+    (a, _), (b, _) = pairs
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb, rtol=1e-10, atol=1e-12)
+
+
 def test_build_optimizer_matches_plain_adam() -> None:
     """The factory's (fused where available) Adam takes the same steps as torch's per-tensor Adam."""
     torch.manual_seed(1)
@@ -34,14 +48,7 @@ def test_build_optimizer_matches_plain_adam() -> None:
     b.load_state_dict(a.state_dict())
     opt_a = build_optimizer("adamnormgrad", a.parameters(), 1e-2)
     opt_b = torch.optim.Adam(b.parameters(), lr=1e-2, betas=(0.9, 0.999), eps=1e-8, foreach=False)
-    for _ in range(5):
-        x = torch.randn(8, 5, dtype=torch.float64)
-        for model, opt in ((a, opt_a), (b, opt_b)):
-            opt.zero_grad()
-            model(x).pow(2).sum().backward()
-            opt.step()
-    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
-        torch.testing.assert_close(pa, pb, rtol=1e-10, atol=1e-12)
+    _same_steps(((a, opt_a), (b, opt_b)), steps=5, rows=8, dim=5)
 
 
 def test_build_optimizer_rejects_unknown_names() -> None:
@@ -66,11 +73,4 @@ def test_fused_adam_is_chosen_and_kept_when_resuming_a_per_tensor_checkpoint() -
     assert new.defaults["fused"] is True
     load_optimizer_state(new, copy.deepcopy(old.state_dict()))  # as read from a file: no shared tensors
     assert all(g["fused"] is True for g in new.param_groups)
-    for _ in range(3):
-        x = torch.randn(6, 4, dtype=torch.float64)
-        for model, opt in ((a, old), (b, new)):
-            opt.zero_grad()
-            model(x).pow(2).sum().backward()
-            opt.step()
-    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
-        torch.testing.assert_close(pa, pb, rtol=1e-10, atol=1e-12)
+    _same_steps(((a, old), (b, new)), steps=3, rows=6, dim=4)
