@@ -16,7 +16,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from exemplar_vae.training import atomic_write_text
+from exemplar_vae.io import atomic_write_text
 
 
 def epochs(run: Path) -> list[dict]:

@@ -32,9 +32,9 @@ import torch
 
 from exemplar_vae.data import dynamic_binarize
 from exemplar_vae.functional import leave_one_out_mask, reparameterize
+from exemplar_vae.io import atomic_write_text
 from exemplar_vae.pipeline import load_run
 from exemplar_vae.priors.exemplar import ExemplarPrior, exemplar_log_kernel
-from exemplar_vae.training import atomic_write_text
 
 
 @torch.no_grad()

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
+from exemplar_vae.io import atomic_write_text
 from exemplar_vae.objectives.likelihood import importance_sampled_log_likelihood
 from exemplar_vae.pipeline import load_run
 from exemplar_vae.priors.exemplar import ExemplarPrior
-from exemplar_vae.training import atomic_write_text
 
 
 def per_point(model, x: torch.Tensor, samples: int, batch: int, seed: int) -> torch.Tensor:  # noqa: ANN001

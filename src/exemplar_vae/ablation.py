@@ -22,8 +22,7 @@ from exemplar_vae import pipeline
 from exemplar_vae.config import RunConfig, TrainConfig, validate
 from exemplar_vae.data import DataSplits
 from exemplar_vae.errors import ConfigError
-from exemplar_vae.training.checkpoint import atomic_write_text
-from exemplar_vae.training.loop import LAST, METRICS
+from exemplar_vae.io import LAST, METRICS, atomic_write_text
 
 logger = logging.getLogger(__name__)
 

@@ -144,7 +144,7 @@ class RunConfig:
         return cls(**kwargs)
 
     def save(self, path: str | Path) -> None:
-        from exemplar_vae.training.checkpoint import atomic_write_text
+        from exemplar_vae.io import atomic_write_text
 
         atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
 

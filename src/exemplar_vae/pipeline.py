@@ -27,16 +27,13 @@ from exemplar_vae.generation import (
     interpolation_grid,
     prior_sample_grid,
 )
+from exemplar_vae.io import BEST, CONFIG, EVALUATION, LAST, METRICS, atomic_write_text, read_metrics
 from exemplar_vae.models import VAE, build_vae
 from exemplar_vae.priors import ExemplarPrior
-from exemplar_vae.training import Trainer, TrainResult, atomic_write_text, load_checkpoint
-from exemplar_vae.training.loop import BEST, LAST, METRICS
+from exemplar_vae.training import Trainer, TrainResult, load_checkpoint
 from exemplar_vae.viz import plot_training_curves, save_image_grid
 
 logger = logging.getLogger(__name__)
-
-CONFIG = "config.json"
-EVALUATION = "evaluation.json"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -430,14 +427,6 @@ def probe_run(
         title = f"t-SNE of {data.name} test codes, {config.prior.name} prior"
         result["tsne"] = str(tsne_plot(model, data, tsne, tsne_points, seed, title=title))
     return result
-
-
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The per-epoch lines of RUN_DIR/metrics.jsonl."""
-    path = Path(run_dir) / METRICS
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def write_report(run_dir: str | Path, device: str = "auto", seed: int = 0) -> Path:

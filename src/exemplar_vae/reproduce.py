@@ -24,7 +24,7 @@ from typing import Any
 
 from exemplar_vae.config import RunConfig, validate
 from exemplar_vae.errors import ConfigError
-from exemplar_vae.training import atomic_write_text
+from exemplar_vae.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -188,8 +188,8 @@ def _comparable(config: RunConfig) -> RunConfig:
 
 def _train_run(config: RunConfig, run_dir: Path, progress: bool) -> None:
     """Train, resume an interrupted run, or skip a finished one."""
+    from exemplar_vae.io import BEST, LAST, METRICS
     from exemplar_vae.pipeline import CONFIG, load_run_config, train
-    from exemplar_vae.training.loop import BEST, LAST, METRICS
 
     done = run_dir / DONE
     if not (run_dir / LAST).is_file() and (run_dir / CONFIG).is_file():
@@ -224,8 +224,8 @@ def _train_run(config: RunConfig, run_dir: Path, progress: bool) -> None:
 def _evaluate_run(run_dir: Path, budget: Budget, check_exact: int, progress: bool) -> dict[str, Any]:
     """The run's evaluation at the budget's settings; reused when RUN_DIR/evaluation.json has the same
     settings and was made from the current best.pt."""
+    from exemplar_vae.io import BEST
     from exemplar_vae.pipeline import evaluate_run
-    from exemplar_vae.training.loop import BEST
 
     path = run_dir / "evaluation.json"
     settings = {

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-from exemplar_vae.training.checkpoint import atomic_write_bytes
+from exemplar_vae.io import atomic_write_bytes
 
 
 def grid_array(images: Tensor, image_shape: tuple[int, ...], pad: int = 1) -> np.ndarray:

@@ -14,7 +14,7 @@ from typing import Any
 from exemplar_vae.errors import ConfigError
 from exemplar_vae.evaluation.classifier import classification_table, compare_augmentation
 from exemplar_vae.generation.augment import OUTPUTS, augment_run
-from exemplar_vae.training import atomic_write_text
+from exemplar_vae.io import atomic_write_text
 
 
 def add_parsers(sub: Any) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 from exemplar_vae import pipeline
 from exemplar_vae.errors import ConfigError
 from exemplar_vae.evaluation import DEFAULT_KS, probe_table
-from exemplar_vae.training import atomic_write_text
+from exemplar_vae.io import atomic_write_text
 
 
 def add_parsers(sub: Any) -> None:

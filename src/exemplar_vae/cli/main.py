@@ -16,7 +16,7 @@ from typing import Any
 from exemplar_vae import __version__, pipeline
 from exemplar_vae.config import AMP_NAMES, ARCH_NAMES, PRIOR_NAMES, RunConfig
 from exemplar_vae.errors import ExemplarVAEError
-from exemplar_vae.training import atomic_write_text
+from exemplar_vae.io import atomic_write_text
 
 logger = logging.getLogger("exemplar_vae")
 

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from exemplar_vae.data.images import decode_image
 from exemplar_vae.errors import ConfigError, DataError
-from exemplar_vae.training.checkpoint import atomic_write
+from exemplar_vae.io import atomic_write
 
 __all__ = [
     "CELEBA_IMAGE_DIR",

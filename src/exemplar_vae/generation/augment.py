@@ -36,8 +36,8 @@ from torch.utils.data import Dataset
 
 from exemplar_vae.errors import ConfigError, DataError
 from exemplar_vae.generation.sample import check_temperature
+from exemplar_vae.io import atomic_write_bytes
 from exemplar_vae.models.vae import VAE
-from exemplar_vae.training.checkpoint import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 

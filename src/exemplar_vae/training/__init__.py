@@ -1,8 +1,6 @@
 """Training: the loop, optimisers and checkpoints."""
 
 from exemplar_vae.training.checkpoint import (
-    atomic_write_bytes,
-    atomic_write_text,
     load_checkpoint,
     save_checkpoint,
 )
@@ -13,8 +11,6 @@ __all__ = [
     "Callback",
     "TrainResult",
     "Trainer",
-    "atomic_write_bytes",
-    "atomic_write_text",
     "load_checkpoint",
     "save_checkpoint",
 ]

@@ -1,47 +1,15 @@
-"""Atomic file writes and checkpoints (model, optimizer, loop state, RNG state, config)."""
+"""Checkpoints (model, optimizer, loop state, RNG state, config), written atomically."""
 
 from __future__ import annotations
 
 import io
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 
 from exemplar_vae.errors import CheckpointError
-
-
-def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Call ``write(file)`` on a temporary file beside ``path``, flush it to disk, then rename it into place.
-
-    A reader sees the old file or the new one, never half of one; on any error the temporary file is
-    removed. ``write`` may stream (e.g. ``np.save`` of a large array).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """``atomic_write`` of a bytes payload."""
-    atomic_write(path, lambda f: f.write(data))
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """``atomic_write_bytes`` for UTF-8 text."""
-    atomic_write_bytes(path, text.encode("utf-8"))
+from exemplar_vae.io import atomic_write_bytes
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:

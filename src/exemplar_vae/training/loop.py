@@ -27,15 +27,14 @@ from exemplar_vae.config import RunConfig
 from exemplar_vae.data import DataSplits, dynamic_binarize
 from exemplar_vae.errors import ExemplarVAEError
 from exemplar_vae.functional import kl_warmup
+from exemplar_vae.io import BEST, LAST, METRICS, atomic_write_text
 from exemplar_vae.models.vae import VAE
-from exemplar_vae.training.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from exemplar_vae.training.checkpoint import load_checkpoint, save_checkpoint
 from exemplar_vae.training.optim import build_optimizer, load_optimizer_state, normalize_gradients
 
 AMP_DTYPES: dict[str, torch.dtype | None] = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 logger = logging.getLogger(__name__)
-
-LAST, BEST, METRICS = "last.pt", "best.pt", "metrics.jsonl"
 
 
 class BatchSampler:
