@@ -13,11 +13,11 @@ from torch.utils.data import DataLoader
 
 from exemplar_vae.cli.main import main
 from exemplar_vae.data import DataSplits, identity_collate, load_dataset
+from exemplar_vae.downstream import AugmentedDataset, ExemplarAugmenter, round_to_8bit
 from exemplar_vae.errors import ConfigError, DataError
-from exemplar_vae.generation import AugmentedDataset, ExemplarAugmenter, round_to_8bit
 from exemplar_vae.models.vae import VAE
-from exemplar_vae.pipeline import load_run
 from exemplar_vae.priors import ExemplarPrior
+from exemplar_vae.runs import load_run
 
 
 @pytest.fixture(scope="module")
@@ -190,8 +190,7 @@ def test_cli_augment_writes_what_load_dataset_reads(
 
 def back_train_rows(n: int) -> np.ndarray:
     """The rows ``load_npz`` keeps for training (a seeded 80/10/10 split)."""
-    from exemplar_vae.data import random_split_indices
-    from exemplar_vae.data.registry import SPLIT_SEED
+    from exemplar_vae.data import SPLIT_SEED, random_split_indices
 
     return random_split_indices(n, n // 10, n // 10, seed=SPLIT_SEED)[0].numpy()
 

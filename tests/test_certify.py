@@ -8,18 +8,21 @@ including adversarial set-ups (wide and narrow kernels, duplicated exemplars, ti
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import reference as ref
 import torch
 
-from exemplar_vae.evaluation import evaluate_density
+from exemplar_vae.config import EvalConfig
+from exemplar_vae.evaluation import PriorScoring, evaluate_density
+from exemplar_vae.evaluation.certify import build_code_tree
 from exemplar_vae.models.decoders import MLPDecoder
 from exemplar_vae.models.encoders import MLPEncoder
 from exemplar_vae.models.vae import VAE
 from exemplar_vae.objectives.likelihood import log_weight_bounds, log_weights
-from exemplar_vae.priors.exemplar import ExemplarPrior, build_code_tree
+from exemplar_vae.priors.exemplar import ExemplarPrior
 
 
 def gen(seed: int) -> torch.Generator:
@@ -51,15 +54,13 @@ def test_code_tree_shells_hold_every_member_and_children_partition_parents(case:
             assert all(a[1] == b[0] and a[0] < a[1] for a, b in zip(spans[:-1], spans[1:], strict=True))
 
 
-def make_prior(codes: torch.Tensor, log_var: float, k: int, tol: float, budget: float) -> ExemplarPrior:
+def make_scoring(codes: torch.Tensor, log_var: float, k: int, tol: float, budget: float) -> PriorScoring:
     prior = ExemplarPrior(torch.zeros(codes.shape[0], 1), codes.shape[1], knn=0)
     prior.cache.codes = codes
     prior.eval()
     with torch.no_grad():
         prior.log_var.fill_(log_var)
-    prior.eval_candidates = k
-    prior.certify_tolerance, prior.certify_budget = tol, budget
-    return prior
+    return PriorScoring(prior, None, k, tol, budget)  # type: ignore[arg-type]
 
 
 CASES = {
@@ -87,11 +88,11 @@ def test_certified_interval_contains_float64_full_prior(case: str, weighted: boo
         codes[400:] = codes[:400]
     if case == "ties":
         codes = torch.round(codes * 2) / 2
-    prior = make_prior(codes, log_var, k, tol, budget)
+    scoring = make_scoring(codes, log_var, k, tol, budget)
     mean = codes[:b] + 0.1 * torch.randn(b, d, generator=g)  # [B, d]
     z = mean + 0.7 * torch.randn(s, b, d, generator=g)  # [S, B, d]
     log_w = 3.0 * torch.randn(s, b, generator=g, dtype=torch.float64) if weighted else None
-    bounds = prior.batch_bounds(mean, None)  # type: ignore[arg-type]
+    bounds = scoring.bounds(mean)
     lower, upper = bounds(z, log_w)
     full = ref.isotropic_exemplar_log_prob(z.reshape(-1, d), codes, log_var).reshape(s, b)  # [S, B]
     full = torch.from_numpy(full)
@@ -117,11 +118,11 @@ def test_refinement_tightens_the_interval_and_counts_its_work() -> None:
     full = ref.isotropic_exemplar_log_prob(z.reshape(-1, d), codes, -2.0).reshape(30, 4)
     excess = []
     for budget in (0.0, 1.0):
-        prior = make_prior(codes, -2.0, 50, 1e-3, budget)
-        _, upper = prior.batch_bounds(mean, None)(z)  # type: ignore[arg-type]
+        scoring = make_scoring(codes, -2.0, 50, 1e-3, budget)
+        _, upper = scoring.bounds(mean)(z)
         excess.append(float((upper - torch.from_numpy(full)).max()))
-        assert prior.certify_stats.points == 4
-        assert (prior.certify_stats.evaluated > 0) == (budget > 0)
+        assert scoring.stats.points == 4
+        assert (scoring.stats.evaluated > 0) == (budget > 0)
     assert excess[1] < excess[0] and excess[1] < 0.05, excess
 
 
@@ -141,26 +142,23 @@ def test_every_points_certified_interval_contains_its_full_prior_estimate() -> N
     assert isinstance(prior, ExemplarPrior)
     prior.refresh(model.encoder)
     exact = torch.logsumexp(log_weights(model, x, 300, generator=gen(5)), 0)  # [B], all N exemplars
-    prior.eval_candidates, prior.certify_budget = 20, 1.0  # every exemplar may be summed
-    try:
-        lo, up = log_weight_bounds(model, x, 300, generator=gen(5))  # same samples
-    finally:
-        prior.eval_candidates = None
+    scoring = PriorScoring(prior, model.encoder, 20, budget=1.0)  # every exemplar may be summed
+    lo, up = log_weight_bounds(model, x, 300, generator=gen(5), prior_bounds=scoring.bounds)  # same samples
     low, upp = torch.logsumexp(lo, 0), torch.logsumexp(up, 0)
     assert (low <= exact + 1e-5).all() and (exact <= upp + 1e-9).all()
     assert (low < exact - 0.1).any()  # 20 of 400 exemplars: a real truncation error, bracketed
     # the refinement stops within the tolerance of the full-prior estimate, however large the error
-    assert (upp - exact).max() <= prior.certify_tolerance + 1e-3
+    assert (upp - exact).max() <= scoring.tolerance + 1e-3
 
 
 def test_evaluate_density_reports_certification_work() -> None:
     model, x = tiny_model()
+    settings = EvalConfig(samples=200, batch_size=6, candidates=20, check_exact=0)
     res = evaluate_density(
-        model, x, num_samples=200, batch_size=6, progress=False, candidates=20, certify=True,
-        certify_tolerance=0.02, certify_budget=1.0,
-    )  # fmt: skip
+        model, x, replace(settings, certify=True, tolerance=0.02, budget=1.0), progress=False
+    )
     cert = res["certified"]
-    exact = evaluate_density(model, x, num_samples=200, batch_size=6, progress=False)
+    exact = evaluate_density(model, x, replace(settings, candidates=None), progress=False)
     assert cert["tolerance"] == 0.02
     assert res["log_likelihood"] <= exact["log_likelihood"] <= cert["log_likelihood_upper"]
     assert cert["log_likelihood_upper"] - exact["log_likelihood"] <= 0.02 + 1e-3
@@ -171,6 +169,6 @@ def test_evaluate_density_reports_certification_work() -> None:
     assert math.isfinite(cert["log_likelihood_upper"])
     assert np.isclose(
         res["log_likelihood"],
-        evaluate_density(model, x, 200, 6, progress=False, candidates=20)["log_likelihood"],
+        evaluate_density(model, x, settings, progress=False)["log_likelihood"],
         atol=1e-9,
     )

@@ -13,9 +13,9 @@ from torch import Tensor
 
 from exemplar_vae.cli.main import main
 from exemplar_vae.data import DataSplits, load_dataset
+from exemplar_vae.downstream import build_classifier, classification_table, train_classifier
+from exemplar_vae.downstream.classifier import lr_at_epoch, smoothed_cross_entropy
 from exemplar_vae.errors import ConfigError
-from exemplar_vae.evaluation import build_classifier, classification_table, train_classifier
-from exemplar_vae.evaluation.classifier import lr_at_epoch, smoothed_cross_entropy
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from exemplar_vae.data import (
+    DATA_ENV_VAR,
     DATASETS,
+    IDX_SOURCES,
     DataSplits,
+    IdxSource,
     IndexedDataset,
     default_data_dir,
     download,
@@ -25,7 +28,7 @@ from exemplar_vae.data import (
     load_dataset,
     random_split_indices,
     read_idx,
-    registry,
+    validation_size,
 )
 from exemplar_vae.errors import ConfigError, DataError
 
@@ -69,7 +72,7 @@ def write_fake_mnist(
 def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Keeps tests away from the real ~/.cache and any EXEMPLAR_VAE_DATA of the user."""
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.delenv(registry.DATA_ENV_VAR, raising=False)
+    monkeypatch.delenv(DATA_ENV_VAR, raising=False)
 
 
 # --------------------------------------------------------------------------- read_idx
@@ -213,9 +216,9 @@ def test_mnist_loader_on_fake_folder(tmp_path: Path) -> None:
 
 
 def test_validation_size_rule() -> None:
-    assert registry.validation_size(60_000) == 10_000
-    assert registry.validation_size(120) == 20
-    assert registry.validation_size(59_999) == 9_999
+    assert validation_size(60_000) == 10_000
+    assert validation_size(120) == 20
+    assert validation_size(59_999) == 9_999
 
 
 def test_mnist_loader_count_mismatch(tmp_path: Path) -> None:
@@ -249,10 +252,10 @@ def test_missing_files_without_download(tmp_path: Path) -> None:
 
 
 def test_download_failure_names_searched_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    source = registry.IDX_SOURCES["mnist"]
-    dead = registry.IdxSource(source.files, ((tmp_path / "no-mirror").as_uri() + "/",))
-    monkeypatch.setitem(registry.IDX_SOURCES, "mnist", dead)
-    monkeypatch.setenv(registry.DATA_ENV_VAR, str(tmp_path / "root"))
+    source = IDX_SOURCES["mnist"]
+    dead = IdxSource(source.files, ((tmp_path / "no-mirror").as_uri() + "/",))
+    monkeypatch.setitem(IDX_SOURCES, "mnist", dead)
+    monkeypatch.setenv(DATA_ENV_VAR, str(tmp_path / "root"))
     with pytest.raises(DataError) as info:
         load_dataset("mnist")
     message = str(info.value)
@@ -266,9 +269,9 @@ def test_download_then_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     arrays = write_fake_mnist(mirror, n_train=60, n_test=10)
     files = {
         role: (name, hashlib.md5((mirror / name).read_bytes()).hexdigest())
-        for role, (name, _) in registry.IDX_SOURCES["mnist"].files.items()
+        for role, (name, _) in IDX_SOURCES["mnist"].files.items()
     }
-    monkeypatch.setitem(registry.IDX_SOURCES, "mnist", registry.IdxSource(files, (mirror.as_uri() + "/",)))
+    monkeypatch.setitem(IDX_SOURCES, "mnist", IdxSource(files, (mirror.as_uri() + "/",)))
     assert default_data_dir("mnist") == tmp_path / "home" / ".cache" / "exemplar-vae" / "mnist"
     splits = load_dataset("mnist")
     cache = default_data_dir("mnist")  # now holds the files
@@ -279,7 +282,7 @@ def test_download_then_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_env_var_folder_is_searched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_fake_mnist(tmp_path / "root" / "mnist", n_train=12, n_test=3)
-    monkeypatch.setenv(registry.DATA_ENV_VAR, str(tmp_path / "root"))
+    monkeypatch.setenv(DATA_ENV_VAR, str(tmp_path / "root"))
     assert default_data_dir("mnist") == tmp_path / "root" / "mnist"
     assert load_dataset("mnist", download=False).num_train == 10
 

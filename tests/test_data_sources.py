@@ -15,14 +15,20 @@ from scipy.io import savemat
 
 from exemplar_vae.config import DataConfig, RunConfig
 from exemplar_vae.data import (
+    DATA_ENV_VAR,
+    DATASETS,
+    SPLIT_SEED,
     DataSplits,
+    canonical_name,
     check_8bit,
     default_data_dir,
     download,
+    eight_bit_splits,
+    load_celeba,
     load_dataset,
     random_split_indices,
-    registry,
 )
+from exemplar_vae.data import paths as data_paths
 from exemplar_vae.data.celeba import FacePreprocessing, center_crop_box
 from exemplar_vae.data.omniglot import omniglot_split, omniglot_validation_size
 from exemplar_vae.errors import ConfigError, DataError
@@ -32,7 +38,7 @@ from exemplar_vae.errors import ConfigError, DataError
 def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Keeps tests away from the real ~/.cache and any EXEMPLAR_VAE_DATA of the user."""
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.delenv(registry.DATA_ENV_VAR, raising=False)
+    monkeypatch.delenv(DATA_ENV_VAR, raising=False)
 
 
 def values_are(x: torch.Tensor, allowed: set[float]) -> bool:
@@ -167,7 +173,7 @@ def test_omniglot_download_is_checked_structurally(tmp_path: Path, monkeypatch: 
     good, bad = tmp_path / "mirror" / "good.mat", tmp_path / "mirror" / "bad.mat"
     written = write_chardata(good, n_train=30, n_test=5)
     write_chardata(bad, data=np.zeros((100, 3)))
-    monkeypatch.setattr(registry, "OMNIGLOT_URLS", (bad.as_uri(), good.as_uri()))  # first mirror is bad
+    monkeypatch.setattr(data_paths, "OMNIGLOT_URLS", (bad.as_uri(), good.as_uri()))  # first mirror is bad
     cache = tmp_path / "home" / ".cache" / "exemplar-vae" / "omniglot"
     assert default_data_dir("omniglot") == cache
     splits = load_dataset("omniglot")
@@ -175,7 +181,7 @@ def test_omniglot_download_is_checked_structurally(tmp_path: Path, monkeypatch: 
     assert default_data_dir("omniglot") == cache
     np.testing.assert_allclose(splits.test_grey.reshape(-1, 28, 28).numpy(), written["test"], atol=1e-6)
 
-    monkeypatch.setattr(registry, "OMNIGLOT_URLS", (bad.as_uri(),))
+    monkeypatch.setattr(data_paths, "OMNIGLOT_URLS", (bad.as_uri(),))
     with pytest.raises(DataError, match=r"failed its check .*'data' has shape \(100, 3\)") as info:
         load_dataset("omniglot", tmp_path / "other")
     assert "downloading into" in str(info.value)
@@ -198,7 +204,7 @@ def test_download_without_md5_needs_verify(tmp_path: Path) -> None:
 
 def test_omniglot_found_through_env_var(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_chardata(tmp_path / "root" / "omniglot" / "chardata.mat", n_train=20, n_test=4)
-    monkeypatch.setenv(registry.DATA_ENV_VAR, str(tmp_path / "root"))
+    monkeypatch.setenv(DATA_ENV_VAR, str(tmp_path / "root"))
     assert default_data_dir("omniglot") == tmp_path / "root" / "omniglot"
     assert load_dataset("Omniglot", download=False).num_train == 19
 
@@ -279,7 +285,7 @@ def test_celeba_cache_is_reused(tmp_path: Path) -> None:
 
 def test_celeba_limits_apply_before_decoding(tmp_path: Path) -> None:
     write_celeba(tmp_path, skip={3, 4, 5, 6, 7, 9, 11})  # only 3 train, 1 val, 1 test images exist
-    splits = registry.load_celeba(tmp_path, train_size=3, eval_size=1)
+    splits = load_celeba(tmp_path, train_size=3, eval_size=1)
     assert (splits.num_train, len(splits.val_x), len(splits.test_x)) == (3, 1, 1)
     with pytest.raises(
         DataError, match=r"names 5 images missing from .*img_align_celeba, e\.g\. 000004\.jpg"
@@ -288,7 +294,7 @@ def test_celeba_limits_apply_before_decoding(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="train_size=9 is out of range: celeba has 8 training examples"):
         load_dataset("celeba", tmp_path, train_size=9)
     with pytest.raises(ConfigError, match="eval_size=0"):
-        registry.load_celeba(tmp_path, eval_size=0)
+        load_celeba(tmp_path, eval_size=0)
 
 
 def test_celeba_missing_partition_file(tmp_path: Path) -> None:
@@ -368,7 +374,7 @@ def test_flat_grey_folder(tmp_path: Path) -> None:
     splits = load_dataset(str(folder))
     assert splits.name == "shapes" and splits.image_shape == (1, 5, 6) and splits.binary
     assert (splits.num_train, len(splits.val_x), len(splits.test_x)) == (16, 2, 2)
-    train, val, test = random_split_indices(20, 2, 2, seed=registry.SPLIT_SEED)
+    train, val, test = random_split_indices(20, 2, 2, seed=SPLIT_SEED)
     flat = torch.from_numpy(pixels.reshape(20, 30)).float() / 255.0
     torch.testing.assert_close(splits.train_x, flat[train])
     assert splits.val_grey is not None and torch.equal(splits.val_grey, flat[val])
@@ -480,8 +486,8 @@ def test_data_config_binarize_round_trips(tmp_path: Path) -> None:
 
 
 def test_registry_names() -> None:
-    assert {"omniglot", "celeba"} <= set(registry.DATASETS)
-    assert registry.canonical_name(" Celeb-A ") == "celeba"
+    assert {"omniglot", "celeba"} <= set(DATASETS)
+    assert canonical_name(" Celeb-A ") == "celeba"
     with pytest.raises(ConfigError, match=r"omniglot, celeba .*\.npz file or to a folder of images"):
         load_dataset("cifar")
     with pytest.raises(ConfigError, match="datasets with files"):
@@ -490,7 +496,7 @@ def test_registry_names() -> None:
 
 def test_8_bit_splits_validate_like_any_splits() -> None:
     x, y = torch.zeros(4, 12), torch.full((4,), -1)
-    splits = registry.eight_bit_splits("t", (3, 2, 2), (x, y), (x[:2], y[:2]), (x[:1], y[:1]))
+    splits = eight_bit_splits("t", (3, 2, 2), (x, y), (x[:2], y[:2]), (x[:1], y[:1]))
     assert isinstance(splits, DataSplits) and not splits.binary and splits.val_grey is splits.val_x
     with pytest.raises(DataError, match="val_x has shape"):
         dataclasses.replace(splits, val_x=torch.zeros(2, 5))

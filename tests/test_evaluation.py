@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import copy
 import math
+from dataclasses import replace
+from typing import Any
 
 import pytest
 import reference as ref
 import torch
 
-from exemplar_vae.evaluation import evaluate_density
+from exemplar_vae.config import EvalConfig
+from exemplar_vae.evaluation import PriorScoring, evaluate_density
+from exemplar_vae.evaluation.truncation import candidate_log_prob
 from exemplar_vae.models.decoders import MLPDecoder
 from exemplar_vae.models.encoders import MLPEncoder
 from exemplar_vae.models.vae import VAE
-from exemplar_vae.priors.exemplar import ExemplarPrior, candidate_log_prob, streaming_exemplar_log_prob
+from exemplar_vae.priors.exemplar import ExemplarPrior, streaming_exemplar_log_prob
+
+# the full prior, 200 samples, batches of 10 (settings below are replacements of this one)
+EXACT = EvalConfig(samples=200, batch_size=10, candidates=None, check_exact=0)
 
 
 def tiny_model(
@@ -66,12 +74,10 @@ def test_streaming_matches_float64_reference_at_realistic_scale() -> None:
 
 def test_truncated_evaluation_is_a_lower_bound_and_its_check_is_exact() -> None:
     model, x = tiny_model()
-    exact = evaluate_density(model, x, num_samples=200, batch_size=10, progress=False)
+    exact = evaluate_density(model, x, EXACT, progress=False)
     assert exact["prior_eval"] == "exact"
     for k in (5, 50):
-        trunc = evaluate_density(
-            model, x, num_samples=200, batch_size=10, progress=False, candidates=k, check_exact=25
-        )
+        trunc = evaluate_density(model, x, replace(EXACT, candidates=k, check_exact=25), progress=False)
         assert trunc["prior_eval"] == "truncated" and trunc["candidates"] == k
         assert trunc["log_likelihood"] <= exact["log_likelihood"] + 1e-5
         check = trunc["truncation_check"]
@@ -81,13 +87,48 @@ def test_truncated_evaluation_is_a_lower_bound_and_its_check_is_exact() -> None:
         assert math.isclose(check["mean_error"], gap, rel_tol=1e-4, abs_tol=1e-6)
         assert check["min_error"] >= -1e-5
     assert (
-        evaluate_density(model, x, 50, 10, progress=False, candidates=5)["log_likelihood"]
+        evaluate_density(model, x, replace(EXACT, samples=50, candidates=5), progress=False)["log_likelihood"]
         < exact["log_likelihood"] - 1e-3
     )
     # candidates covering the whole set fall back to the exact prior
-    same = evaluate_density(model, x, num_samples=200, batch_size=10, progress=False, candidates=300)
+    same = evaluate_density(model, x, replace(EXACT, candidates=300), progress=False)
     assert same["prior_eval"] == "exact" and same["log_likelihood"] == exact["log_likelihood"]
-    assert model.prior.eval_candidates is None
+
+
+def _settings_of(module: torch.nn.Module) -> dict[str, Any]:
+    """Every attribute of a module and of the plain objects it holds, tensors by value, caches aside."""
+    state: dict[str, Any] = {}
+    for name, value in vars(module).items():
+        if name in ("_parameters", "_buffers"):
+            state[name] = {k: v.detach().clone() if v is not None else None for k, v in value.items()}
+        elif name == "cache":  # refreshed by evaluation on purpose (an explicit call)
+            continue
+        elif name == "_modules" or isinstance(value, (int, float, str, bool, type(None))):
+            state[name] = copy.copy(value)
+        else:
+            state[name] = (
+                {k: copy.copy(v) for k, v in vars(value).items()} if hasattr(value, "__dict__") else value
+            )
+    return state
+
+
+@pytest.mark.parametrize("certify", [False, True])
+def test_evaluation_leaves_the_prior_as_it_found_it(certify: bool) -> None:
+    """Evaluation settings travel in the EvalConfig: nothing is written onto the prior (only its cache is
+    refreshed), whatever the settings."""
+    model, x = tiny_model()
+    model.eval()
+    model.prior.refresh(model.encoder)
+    before = _settings_of(model.prior)
+    evaluate_density(model, x, replace(EXACT, candidates=5, check_exact=7, certify=certify), progress=False)
+    after = _settings_of(model.prior)
+    assert before.keys() == after.keys()
+    for name in before:
+        if name in ("_parameters", "_buffers"):
+            for k, v in before[name].items():
+                assert v is None or torch.equal(v, after[name][k]), (name, k)
+        else:
+            assert before[name] == after[name], name
 
 
 @pytest.mark.parametrize("points", [1, 13, 25])
@@ -98,11 +139,11 @@ def test_check_exact_scores_exactly_the_requested_points_on_their_own_samples(po
     model, x = tiny_model()
     model.eval()
     model.prior.refresh(model.encoder)
-    exact_ll, _, _ = _score(model, x, 100, 10, 0, progress=False)  # per point, full prior
-    model.prior.eval_candidates = 5
-    trunc_ll, _, _ = _score(model, x, 100, 10, 0, progress=False)
-    model.prior.eval_candidates = None
-    check = evaluate_density(model, x, 100, 10, progress=False, candidates=5, check_exact=points)
+    settings = replace(EXACT, samples=100, candidates=5, check_exact=points)
+    full, trunc = PriorScoring(model.prior, model.encoder), PriorScoring(model.prior, model.encoder, 5)
+    exact_ll, _, _ = _score(model, x, settings, full, progress=False, certify=False)  # per point, full prior
+    trunc_ll, _, _ = _score(model, x, settings, trunc, progress=False, certify=False)
+    check = evaluate_density(model, x, settings, progress=False)
     got = check["truncation_check"]
     diff = (exact_ll - trunc_ll)[:points].double()
     assert got["points"] == points
@@ -126,10 +167,9 @@ def test_certified_bounds_contain_the_full_prior(case: str) -> None:
     prior.eval()
     with torch.no_grad():
         prior.log_var.fill_(log_var)
-    prior.eval_candidates = 40
     mean = codes[:6] + 0.1 * torch.randn(6, d, generator=g)
     z = mean.unsqueeze(0) + 0.5 * torch.randn(30, 6, d, generator=g)  # [S, B, d]
-    lower, upper = prior.batch_bounds(mean, None)(z)  # type: ignore[arg-type]
+    lower, upper = PriorScoring(prior, None, 40).bounds(mean)(z)  # type: ignore[arg-type]
     expect = ref.isotropic_exemplar_log_prob(
         z.reshape(-1, d).double().numpy(), codes.double().numpy(), log_var
     )
@@ -142,16 +182,14 @@ def test_certified_bounds_contain_the_full_prior(case: str) -> None:
 
 def test_certified_evaluation_brackets_the_exact_estimate() -> None:
     model, x = tiny_model()
-    exact = evaluate_density(model, x, num_samples=200, batch_size=10, progress=False)
-    cert = evaluate_density(
-        model, x, num_samples=200, batch_size=10, progress=False, candidates=30, certify=True
-    )
+    exact = evaluate_density(model, x, EXACT, progress=False)
+    cert = evaluate_density(model, x, replace(EXACT, candidates=30, certify=True), progress=False)
     c = cert["certified"]
     assert cert["log_likelihood"] <= exact["log_likelihood"] + 1e-5 <= c["log_likelihood_upper"] + 2e-5
     gap = exact["log_likelihood"] - cert["log_likelihood"]
     assert c["mean_bound"] >= gap - 1e-5 and c["max_bound"] >= c["mean_bound"]
     assert 0.0 <= c["fraction_below_0.01"] <= 1.0
-    plain = evaluate_density(model, x, num_samples=200, batch_size=10, progress=False, candidates=30)
+    plain = evaluate_density(model, x, replace(EXACT, candidates=30), progress=False)
     assert (
         plain["log_likelihood"] == pytest.approx(cert["log_likelihood"], abs=1e-9)
         and "certified" not in plain

@@ -23,8 +23,9 @@ from exemplar_vae.generation import (
 )
 from exemplar_vae.models.encoders import MLPEncoder
 from exemplar_vae.models.vae import VAE
-from exemplar_vae.pipeline import load_exemplars_npz, load_run, train
+from exemplar_vae.pipeline import train
 from exemplar_vae.priors import ExemplarPrior, GaussianPrior, MoGPrior, VampPrior
+from exemplar_vae.runs import load_exemplars_npz, load_run
 
 D = 64  # digits: 8x8
 

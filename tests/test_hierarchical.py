@@ -289,18 +289,18 @@ def test_paper_sized_networks_have_the_papers_parameter_counts(arch: str, count:
 def test_hvae_check_exact_rescores_the_requested_points_on_their_own_samples(points: int) -> None:
     """With two stochastic layers (z1 drawn with the generator between chunks) --check-exact re-scores
     exactly the requested points on the samples of the truncated pass."""
-    from exemplar_vae.evaluation import evaluate_density
+    from exemplar_vae.config import EvalConfig
+    from exemplar_vae.evaluation import PriorScoring, evaluate_density
     from exemplar_vae.evaluation.density import _score
 
     model = copy.deepcopy(build_hvae("exemplar"))
     model.eval_rows = 40  # chunks of 10 samples for batches of 4: z1 is drawn six times per batch
     x = torch.cat([ALL_X, ALL_X])[:10]
-    model.prior.eval_candidates = None
-    exact_ll, _, _ = _score(model, x, 60, 4, 0, progress=False)  # batches of 4: 3 and 7 cut a batch
-    model.prior.eval_candidates = 2
-    trunc_ll, _, _ = _score(model, x, 60, 4, 0, progress=False)
-    model.prior.eval_candidates = None
-    got = evaluate_density(model, x, 60, 4, progress=False, candidates=2, check_exact=points)
+    settings = EvalConfig(samples=60, batch_size=4, candidates=2, check_exact=points)
+    full, trunc = PriorScoring(model.prior, model.encoder), PriorScoring(model.prior, model.encoder, 2)
+    exact_ll, _, _ = _score(model, x, settings, full, False, False)  # batches of 4: 3 and 7 cut a batch
+    trunc_ll, _, _ = _score(model, x, settings, trunc, False, False)
+    got = evaluate_density(model, x, settings, progress=False)
     check, diff = got["truncation_check"], (exact_ll - trunc_ll)[:points].double()
     assert check["points"] == points and float(diff.max()) > 1e-4  # the truncation matters here
     assert math.isclose(check["mean_error"], float(diff.mean()), rel_tol=1e-5, abs_tol=1e-7)

@@ -26,6 +26,7 @@ import reference as ref
 import torch
 from torch.testing import assert_close
 
+from exemplar_vae.evaluation import PriorScoring
 from exemplar_vae.models.decoders import MLPDecoder
 from exemplar_vae.models.encoders import MLPEncoder
 from exemplar_vae.models.vae import VAE
@@ -232,25 +233,20 @@ def test_expected_elbo_is_below_exact_log_px(prior_name: str, latent: int) -> No
 
 @pytest.mark.parametrize("latent", [1, 2])
 def test_truncated_exemplar_prior_gives_lower_log_weights(latent: int) -> None:
-    """eval_candidates = K scores each test point's codes against its K nearest exemplars only: every
-    log-weight (same z) is at most the full-prior one, equal for K = N, and the estimate a lower bound."""
+    """A scorer truncated to K candidates scores each test point's codes against its K nearest exemplars
+    only: every log-weight (same z) is at most the full-prior one, equal for K = N, and the estimate a
+    lower bound."""
     case = build_case("exemplar", latent)
-    prior = case.model.prior
-    full = log_weights(case.model, X, 2000, generator=gen(14))  # [S, B]
-    try:
-        for k in (1, 3, N_EXEMPLARS):
-            prior.eval_candidates = k
-            out = log_weights(case.model, X, 2000, generator=gen(14))
-            assert (out <= full + 1e-5).all(), (out - full).max()
-            if k == N_EXEMPLARS:
-                assert_close(out, full, rtol=0, atol=0)
-            est = importance_sampled_log_likelihood(case.model, X, 20000, generator=gen(15))
-            assert np.all(ref.as64(est.log_likelihood) < exact_of(X, case) + 0.06)
-    finally:
-        prior.eval_candidates = None
-    prior.eval_candidates = 1
-    try:
-        gap = (full - log_weights(case.model, X, 2000, generator=gen(14))).max()
-    finally:
-        prior.eval_candidates = None
+    model = case.model
+    full = log_weights(model, X, 2000, generator=gen(14))  # [S, B]
+    for k in (1, 3, N_EXEMPLARS):
+        scorer = PriorScoring(model.prior, model.encoder, k).scorer
+        out = log_weights(model, X, 2000, generator=gen(14), prior_scorer=scorer)
+        assert (out <= full + 1e-5).all(), (out - full).max()
+        if k == N_EXEMPLARS:
+            assert_close(out, full, rtol=0, atol=0)
+        est = importance_sampled_log_likelihood(model, X, 20000, generator=gen(15), prior_scorer=scorer)
+        assert np.all(ref.as64(est.log_likelihood) < exact_of(X, case) + 0.06)
+    one = PriorScoring(model.prior, model.encoder, 1).scorer
+    gap = (full - log_weights(model, X, 2000, generator=gen(14), prior_scorer=one)).max()
     assert gap > 1e-3  # one candidate out of 20 does drop mass

@@ -15,9 +15,11 @@ import torch
 from torch.testing import assert_close
 
 from exemplar_vae.errors import ConfigError
+from exemplar_vae.evaluation import PriorScoring
+from exemplar_vae.evaluation.truncation import candidate_log_prob
 from exemplar_vae.models.encoders import MLPEncoder
 from exemplar_vae.priors import ExemplarPrior, GaussianPrior, MoGPrior, VampPrior
-from exemplar_vae.priors.exemplar import candidate_log_prob, streaming_exemplar_log_prob
+from exemplar_vae.priors.exemplar import streaming_exemplar_log_prob
 from exemplar_vae.priors.mixtures import diag_mixture_log_prob
 from exemplar_vae.retrieval import index as retrieval_index
 from exemplar_vae.retrieval.index import knn_search
@@ -550,7 +552,7 @@ def test_candidate_log_prob_is_mixture_over_candidates_with_weight_one_over_n(dt
 
 
 @pytest.mark.parametrize("k", [1, 5, N - 1, N])
-def test_batch_scorer_with_candidates_is_lower_bound_on_full_prior(k: int) -> None:
+def test_truncated_scorer_is_lower_bound_on_full_prior(k: int) -> None:
     encoder, exemplars = make_encoder(), make_exemplars()
     prior = make_prior(encoder, exemplars, train=False)
     codes = ref.as64(prior.cache.get())
@@ -560,8 +562,7 @@ def test_batch_scorer_with_candidates_is_lower_bound_on_full_prior(k: int) -> No
     full = prior.full_log_prob(z.reshape(-1, LATENT)).reshape(50, 6).double()
     assert_close(full, t64(ref.isotropic_exemplar_log_prob(z.reshape(-1, LATENT), codes, -0.7)).reshape(50, 6),
                  rtol=1e-5, atol=1e-4)  # fmt: skip
-    prior.eval_candidates = k
-    out = prior.batch_scorer(mean, encoder)(z).double()  # [S, B]
+    out = PriorScoring(prior, encoder, k).scorer(mean)(z).double()  # [S, B]
     assert out.shape == (50, 6)
     assert (out <= full + 1e-5).all()
     # the candidates are the K cached codes nearest each test point's mean; weight 1/N
@@ -580,4 +581,4 @@ def test_batch_scorer_with_candidates_is_lower_bound_on_full_prior(k: int) -> No
     # leave-one-out
     prior.train()
     with pytest.raises(ValueError, match="index"):
-        prior.batch_scorer(mean, encoder)(z)
+        PriorScoring(prior, encoder, k).scorer(mean)(z)

@@ -15,8 +15,7 @@ from PIL import Image
 
 from exemplar_vae.cli.main import main
 from exemplar_vae.config import ModelConfig, PriorConfig
-from exemplar_vae.data import DataSplits, fixed_binarize, load_dataset
-from exemplar_vae.data.registry import TEST_BINARIZE_SEED, VAL_BINARIZE_SEED
+from exemplar_vae.data import TEST_BINARIZE_SEED, VAL_BINARIZE_SEED, DataSplits, fixed_binarize, load_dataset
 from exemplar_vae.errors import ConfigError
 from exemplar_vae.evaluation import knn_probe, majority_vote, probe_table, tsne_plot
 from exemplar_vae.models import VAE, build_vae

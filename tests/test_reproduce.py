@@ -10,7 +10,7 @@ import pytest
 
 from exemplar_vae import reproduce as rep
 from exemplar_vae.cli.main import main
-from exemplar_vae.config import validate
+from exemplar_vae.validation import validate
 
 
 def test_every_paper_row_has_a_valid_preset() -> None:

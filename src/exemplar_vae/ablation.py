@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from exemplar_vae import pipeline
-from exemplar_vae.config import RunConfig, TrainConfig, validate
+from exemplar_vae.config import EvalConfig, RunConfig, TrainConfig
 from exemplar_vae.data import DataSplits
 from exemplar_vae.errors import ConfigError
-from exemplar_vae.io import LAST, METRICS, atomic_write_text
+from exemplar_vae.io import CONFIG, EVALUATION, LAST, METRICS, atomic_write_text, read_metrics
+from exemplar_vae.runs import load_run_config, prepare, resolve_device
+from exemplar_vae.validation import validate
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +102,7 @@ def plan_ablation(
         loo: leave-one-out settings to try.
         m_fractions: M/N values in (0, 1]; M = max(2, floor(f * N)).
         ks: numbers of retrieved neighbours, each >= 1.
-        num_train: N, the training-set size; None loads the data (``pipeline.prepare``) to find it.
+        num_train: N, the training-set size; None loads the data (``prepare``) to find it.
 
     Raises:
         ConfigError: a value out of range or a base configuration that is invalid or not an exemplar prior.
@@ -111,7 +113,7 @@ def plan_ablation(
             f"ablations vary the exemplar prior; the base config's prior is '{base.prior.name}'"
         )
     if num_train is None:
-        base, data = pipeline.prepare(base)
+        base, data = prepare(base)
         num_train = data.num_train
     base = validate(base, num_train)
     p = base.prior
@@ -208,8 +210,8 @@ def _train_point(config: RunConfig, run_dir: Path, data: DataSplits, progress: b
     """Train the run in ``run_dir``, resuming from its last.pt; returns whether any epoch was run."""
     t = config.train
     if (run_dir / LAST).is_file():
-        saved = pipeline.load_run_config(run_dir)  # run_ablation checked it is this point's run
-        if _finished(pipeline.read_metrics(run_dir), t.epochs, t.warmup, t.early_stopping):
+        saved = load_run_config(run_dir)  # run_ablation checked it is this point's run
+        if _finished(read_metrics(run_dir), t.epochs, t.warmup, t.early_stopping):
             return False
         resumed = dataclasses.replace(
             saved, train=dataclasses.replace(saved.train, epochs=t.epochs, device=t.device)
@@ -217,7 +219,7 @@ def _train_point(config: RunConfig, run_dir: Path, data: DataSplits, progress: b
         logger.info("ablation %s: resuming", run_dir.name)
         pipeline.train(resumed, run_dir, resume=True, progress=progress, data=data)
         return True
-    for name in (pipeline.CONFIG, METRICS):  # left by a run stopped before its first checkpoint
+    for name in (CONFIG, METRICS):  # left by a run stopped before its first checkpoint
         (run_dir / name).unlink(missing_ok=True)
     logger.info("ablation %s: training", run_dir.name)
     pipeline.train(config, run_dir, progress=progress, data=data)
@@ -273,15 +275,15 @@ def run_ablation(
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out {out_dir} exists and is not a folder")
     _check_values(loo, m_fractions, ks)
-    pipeline.resolve_device(base.train.device)
-    base, data = pipeline.prepare(base)
+    resolve_device(base.train.device)
+    base, data = prepare(base)
     plan = plan_ablation(base, loo, m_fractions, ks, data.num_train)
     for pt in plan.points:  # refuse a folder of other runs before training anything
         run_dir = out_dir / pt.name
         if (run_dir / LAST).is_file():
             if not resume:
                 raise ConfigError(f"{run_dir} already holds a run; resume it or pick another --out")
-            if not _same_run(pipeline.load_run_config(run_dir), pt.config):
+            if not _same_run(load_run_config(run_dir), pt.config):
                 raise ConfigError(f"{run_dir} holds a run with a different configuration; pick another --out")
     examples = data.test_x.shape[0] if limit is None else min(limit, data.test_x.shape[0])
     truncated = candidates if candidates is not None and candidates < data.num_train else None
@@ -289,14 +291,12 @@ def run_ablation(
     for pt in plan.points:
         run_dir = out_dir / pt.name
         trained = _train_point(pt.config, run_dir, data, progress)
-        eval_path = run_dir / pipeline.EVALUATION
+        eval_path = run_dir / EVALUATION
         ev = json.loads(eval_path.read_text()) if eval_path.is_file() else {}
         if trained or not _evaluation_matches(ev, samples, examples, truncated):
             logger.info("ablation %s: evaluating", pt.name)
-            ev = pipeline.evaluate_run(
-                run_dir, samples, limit=limit, device=pt.config.train.device, progress=progress,
-                candidates=candidates,
-            )  # fmt: skip
+            settings = EvalConfig(samples=samples, limit=limit, candidates=candidates)
+            ev = pipeline.evaluate_run(run_dir, settings, device=pt.config.train.device, progress=progress)
         else:
             logger.info("ablation %s: already trained and evaluated", pt.name)
         rows.append(_row(pt, run_dir, ev))
@@ -309,8 +309,8 @@ def run_ablation(
 
 def _row(pt: AblationPoint, run_dir: Path, ev: dict[str, Any]) -> dict[str, Any]:
     """One table row, every number read from the run folder (config.json, metrics.jsonl, evaluation)."""
-    config = pipeline.load_run_config(run_dir)
-    history = pipeline.read_metrics(run_dir)
+    config = load_run_config(run_dir)
+    history = read_metrics(run_dir)
     best = min(history, key=lambda m: m["val_loss"]) if history else {}
     return {
         "name": pt.name,

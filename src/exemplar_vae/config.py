@@ -1,4 +1,7 @@
-"""Configuration: one frozen dataclass per component, validated, round-tripped through JSON.
+"""Configuration: one frozen dataclass per component, round-tripped through JSON.
+
+The rules a configuration must obey (names from the registries, ranges, what depends on the data) are
+checked in one place, ``exemplar_vae.validation``.
 
 Defaults follow the paper's code (sajadn/Exemplar-VAE) for the MLP VAE: gated dense layers 2x300,
 latent size 40, batch 100, learning rate 5e-4, KL warm-up over 100 epochs, early stopping after 50
@@ -14,12 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from exemplar_vae.errors import ConfigError
-
-PRIOR_NAMES = ("gaussian", "vampprior", "mog", "exemplar")
-OPTIMIZER_NAMES = ("adam", "adamnormgrad")
-ARCH_NAMES = ("mlp", "hvae", "convhvae")
-AMP_NAMES = ("off", "bf16", "fp16")
-SEARCH_NAMES = ("exact", "ivf")
+from exemplar_vae.io import atomic_write_json
 
 
 @dataclass(frozen=True)
@@ -144,9 +142,7 @@ class RunConfig:
         return cls(**kwargs)
 
     def save(self, path: str | Path) -> None:
-        from exemplar_vae.io import atomic_write_text
-
-        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
+        atomic_write_json(Path(path), self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> RunConfig:
@@ -160,72 +156,35 @@ class RunConfig:
         return cls.from_dict(d)
 
 
-def validate(config: RunConfig, num_train: int | None = None) -> RunConfig:
-    """Check every value and resolve the data-dependent defaults (M = N/2).
+@dataclass(frozen=True)
+class EvalConfig:
+    """How a trained model is evaluated (``evaluate``): importance-sampled log-likelihood and ELBO.
 
-    Args:
-        config: the requested configuration.
-        num_train: N, the number of training points, once the data is loaded.
-
-    Returns:
-        The configuration with ``prior.exemplars`` resolved when ``num_train`` is given.
-
-    Raises:
-        ConfigError: naming the offending value.
+    Attributes:
+        samples: S importance samples per test point (the paper: 5000).
+        batch_size: test points scored together.
+        candidates: exemplar prior only: score each test point against the K exemplars whose codes are
+            nearest its encoder mean (a lower bound on the full-prior estimate, far cheaper); None scores
+            every exemplar.
+        check_exact: with truncation, also score the first n points with the full prior on the same
+            samples and report the truncation error ("truncation_check"); 0 skips it.
+        certify: with truncation, bound every point's truncation error from above (see
+            ``evaluation.certify``).
+        tolerance: the certified bound to reach per test point, nats.
+        budget: with ``certify``, at most this fraction of the N exemplars is evaluated exactly per point.
+        seed: seeds the importance samples (batch b draws from its own generator, so any batch can be
+            re-scored on the same samples).
+        split: "test" or "val".
+        limit: score only the first n points of the split (None: all).
     """
-    m, p, t = config.model, config.prior, config.train
-    if m.arch not in ARCH_NAMES:
-        raise ConfigError(f"unknown architecture '{m.arch}'; valid: {', '.join(ARCH_NAMES)}")
-    if p.name not in PRIOR_NAMES:
-        raise ConfigError(f"unknown prior '{p.name}'; valid: {', '.join(PRIOR_NAMES)}")
-    if t.amp not in AMP_NAMES:
-        raise ConfigError(f"unknown mixed precision '{t.amp}' (--amp); valid: {', '.join(AMP_NAMES)}")
-    if t.optimizer not in OPTIMIZER_NAMES:
-        raise ConfigError(f"unknown optimizer '{t.optimizer}'; valid: {', '.join(OPTIMIZER_NAMES)}")
-    positive = {
-        "latent dimension (--latent-dim)": m.latent_dim,
-        "hidden width (--hidden)": m.hidden,
-        "components (--components)": p.components,
-        "epochs (--epochs)": t.epochs,
-        "batch size (--batch-size)": t.batch_size,
-    }
-    for what, value in positive.items():
-        if value < 1:
-            raise ConfigError(f"{what} must be at least 1, got {value}")
-    if not t.lr > 0:
-        raise ConfigError(f"learning rate (--lr) must be positive, got {t.lr}")
-    if t.warmup < 0 or t.early_stopping < 0:
-        raise ConfigError(
-            f"--warmup and --early-stopping must be >= 0, got {t.warmup} and {t.early_stopping}"
-        )
-    if p.search not in SEARCH_NAMES:
-        raise ConfigError(f"--search must be one of {', '.join(SEARCH_NAMES)}, got '{p.search}'")
-    if p.nprobe < 1:
-        raise ConfigError(f"--nprobe must be at least 1, got {p.nprobe}")
-    if p.search == "exact" and p.nprobe != PriorConfig.nprobe:
-        raise ConfigError(
-            f"--nprobe {p.nprobe} applies to the approximate search (--search ivf); the exact search probes "
-            "every code"
-        )
-    if p.search == "ivf" and p.name != "exemplar":
-        raise ConfigError(f"--search ivf is the exemplar prior's retrieval search; the prior is '{p.name}'")
-    if p.search == "ivf" and p.knn == 0:
-        raise ConfigError(
-            "--search ivf applies to retrieval (--knn > 0); the exact prior (--knn 0) searches nothing"
-        )
-    if p.knn < 0:
-        raise ConfigError(f"--knn must be >= 0 (0 = exact prior), got {p.knn}")
-    if p.exemplars is not None and p.exemplars < 1:
-        raise ConfigError(f"--exemplars (M) must be at least 1, got {p.exemplars}")
-    if num_train is None or p.name != "exemplar":
-        return config
-    if num_train < 2:
-        raise ConfigError(f"the exemplar prior needs at least 2 training points, got {num_train}")
-    exemplars = p.exemplars if p.exemplars is not None else max(1, num_train // 2)
-    if exemplars > num_train:
-        raise ConfigError(f"--exemplars M={exemplars} is larger than the training set N={num_train}")
-    if p.leave_one_out and exemplars < 2:
-        raise ConfigError(f"leave-one-out needs at least 2 exemplars per step, got --exemplars M={exemplars}")
-    if p.knn > exemplars:
-        raise ConfigError(f"--knn k={p.knn} is larger than the exemplars per step M={exemplars}")
-    return dataclasses.replace(config, prior=dataclasses.replace(p, exemplars=exemplars))
+
+    samples: int = 5000
+    batch_size: int = 100
+    candidates: int | None = 1000
+    check_exact: int = 10
+    certify: bool = False
+    tolerance: float = 0.01
+    budget: float = 0.5
+    seed: int = 0
+    split: str = "test"
+    limit: int | None = None

@@ -136,6 +136,16 @@ def isotropic_log_kernel(sq_dist: Tensor, log_var: Tensor, dim: int) -> Tensor:
     return -0.5 * (dim * (LOG_2PI + log_var) + sq_dist * torch.exp(-log_var))
 
 
+def isotropic_log_normaliser(dim: int, log_var: Tensor | float) -> Tensor | float:
+    """log of N(z; mu, sigma^2 I)'s normalising constant, -dim/2 (log 2 pi + log sigma^2), in nats.
+
+    Args:
+        dim: latent dimensionality D.
+        log_var: log sigma^2 (a scalar tensor or a float; the result has the same kind).
+    """
+    return -0.5 * dim * (LOG_2PI + log_var)
+
+
 def leave_one_out_mask(query_index: Tensor, component_index: Tensor) -> Tensor:
     """True where a component is the query point itself and must not explain it.
 

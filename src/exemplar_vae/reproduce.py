@@ -22,9 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from exemplar_vae.config import RunConfig, validate
+from exemplar_vae.config import EvalConfig, RunConfig
 from exemplar_vae.errors import ConfigError
-from exemplar_vae.io import atomic_write_text
+from exemplar_vae.io import BEST, CONFIG, EVALUATION, LAST, METRICS, atomic_write_json, atomic_write_text
+from exemplar_vae.pipeline import evaluate_run, train
+from exemplar_vae.runs import load_run_config
+from exemplar_vae.validation import validate
 
 logger = logging.getLogger(__name__)
 
@@ -188,9 +191,6 @@ def _comparable(config: RunConfig) -> RunConfig:
 
 def _train_run(config: RunConfig, run_dir: Path, progress: bool) -> None:
     """Train, resume an interrupted run, or skip a finished one."""
-    from exemplar_vae.io import BEST, LAST, METRICS
-    from exemplar_vae.pipeline import CONFIG, load_run_config, train
-
     done = run_dir / DONE
     if not (run_dir / LAST).is_file() and (run_dir / CONFIG).is_file():
         # interrupted before its first checkpoint: nothing to resume; start again if it is the same run
@@ -198,7 +198,7 @@ def _train_run(config: RunConfig, run_dir: Path, progress: bool) -> None:
             raise ConfigError(
                 f"{run_dir} holds a run with a different configuration; pick another --out or remove it"
             )
-        for name in (CONFIG, METRICS, BEST, DONE, "evaluation.json"):
+        for name in (CONFIG, METRICS, BEST, DONE, EVALUATION):
             (run_dir / name).unlink(missing_ok=True)
     if (run_dir / LAST).is_file():
         saved = load_run_config(run_dir)
@@ -224,10 +224,7 @@ def _train_run(config: RunConfig, run_dir: Path, progress: bool) -> None:
 def _evaluate_run(run_dir: Path, budget: Budget, check_exact: int, progress: bool) -> dict[str, Any]:
     """The run's evaluation at the budget's settings; reused when RUN_DIR/evaluation.json has the same
     settings and was made from the current best.pt."""
-    from exemplar_vae.io import BEST
-    from exemplar_vae.pipeline import evaluate_run
-
-    path = run_dir / "evaluation.json"
+    path = run_dir / EVALUATION
     settings = {
         "samples": budget.samples, "test_limit": budget.test_limit, "check_exact": check_exact,
         "candidates": budget.candidates,
@@ -237,12 +234,13 @@ def _evaluate_run(run_dir: Path, budget: Budget, check_exact: int, progress: boo
         old = json.loads(path.read_text())
         if old.get("reproduce_settings") == settings:
             return old
-    result = evaluate_run(
-        run_dir, budget.samples, "test", budget.test_limit, device=budget.device, progress=progress,
-        check_exact=check_exact, candidates=budget.candidates,
+    config = EvalConfig(
+        samples=budget.samples, split="test", limit=budget.test_limit, check_exact=check_exact,
+        candidates=budget.candidates,
     )  # fmt: skip
+    result = evaluate_run(run_dir, config, device=budget.device, progress=progress)
     result["reproduce_settings"] = settings
-    atomic_write_text(path, json.dumps(result, indent=2) + "\n")
+    atomic_write_json(path, result)
     return result
 
 

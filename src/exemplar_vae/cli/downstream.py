@@ -1,6 +1,6 @@
 """``exemplar-vae augment | classify``: generative data augmentation and the paper's MLP classifier.
 
-parse -> ``generation.augment.augment_run`` / ``evaluation.classifier.compare_augmentation``; prints the
+parse -> ``downstream.augment.augment_run`` / ``downstream.classifier.compare_augmentation``; prints the
 result (JSON summary, or the markdown table) and optionally writes it.
 """
 
@@ -11,9 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from exemplar_vae.downstream.augment import OUTPUTS, augment_run
+from exemplar_vae.downstream.classifier import classification_table, compare_augmentation
 from exemplar_vae.errors import ConfigError
-from exemplar_vae.evaluation.classifier import classification_table, compare_augmentation
-from exemplar_vae.generation.augment import OUTPUTS, augment_run
 from exemplar_vae.io import atomic_write_text
 
 

@@ -1,4 +1,5 @@
-"""``exemplar-vae train | evaluate | generate``: parse -> config -> Python API (``exemplar_vae.pipeline``).
+"""``exemplar-vae train | evaluate | generate | report | table``: parse -> config -> Python API
+(``exemplar_vae.pipeline``, ``exemplar_vae.report``); the other subcommands live in their own modules.
 
 Every error the library raises for bad input becomes one ``error: ...`` line and exit status 2.
 """
@@ -13,10 +14,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from exemplar_vae import __version__, pipeline
-from exemplar_vae.config import AMP_NAMES, ARCH_NAMES, PRIOR_NAMES, RunConfig
+from exemplar_vae import __version__, pipeline, report
+from exemplar_vae.cli import ablate, downstream, explore, reproduce
+from exemplar_vae.config import EvalConfig, RunConfig
 from exemplar_vae.errors import ExemplarVAEError
 from exemplar_vae.io import atomic_write_text
+from exemplar_vae.models.build import ARCHITECTURES
+from exemplar_vae.priors import PRIORS
+from exemplar_vae.runs import load_run_config
+from exemplar_vae.training.loop import AMP_DTYPES
 
 logger = logging.getLogger("exemplar_vae")
 
@@ -30,10 +36,15 @@ TRAIN_FLAGS: dict[str, tuple[str, str, type, str]] = {
     ),
     "--data-dir": ("data", "data_dir", str, "folder with the dataset's standard files"),
     "--train-size": ("data", "train_size", int, "keep only the first N training images"),
-    "--arch": ("model", "arch", str, f"network: {', '.join(ARCH_NAMES)} (the prior scores the top latent)"),
+    "--arch": (
+        "model",
+        "arch",
+        str,
+        f"network: {', '.join(ARCHITECTURES)} (the prior scores the top latent)",
+    ),
     "--latent-dim": ("model", "latent_dim", int, "size of z, or of z1 and z2 (paper: 40)"),
     "--hidden": ("model", "hidden", int, "width of the gated hidden layers (paper: 300)"),
-    "--prior": ("prior", "name", str, f"one of {', '.join(PRIOR_NAMES)}"),
+    "--prior": ("prior", "name", str, f"one of {', '.join(PRIORS)}"),
     "--components": ("prior", "components", int, "K pseudo-inputs / mixture components (paper: 500)"),
     "--exemplars": ("prior", "exemplars", int, "M exemplars drawn per minibatch (default N/2)"),
     "--knn": ("prior", "knn", int, "k neighbours for retrieval augmented training; 0 = exact prior over M"),
@@ -62,7 +73,7 @@ TRAIN_FLAGS: dict[str, tuple[str, str, type, str]] = {
         "train",
         "amp",
         str,
-        f"mixed precision for training steps: {', '.join(AMP_NAMES)} (default off)",
+        f"mixed precision for training steps: {', '.join(AMP_DTYPES)} (default off)",
     ),
 }
 
@@ -184,31 +195,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Further subcommands live in their own modules, each with ``add_parsers(sub)`` (adds its parsers) and
 # ``COMMANDS`` (name -> function(args) -> exit code).
-SUBCOMMAND_MODULES = (
-    "exemplar_vae.cli.downstream",
-    "exemplar_vae.cli.explore",
-    "exemplar_vae.cli.ablate",
-    "exemplar_vae.cli.reproduce",
-)
+SUBCOMMAND_MODULES = (downstream, explore, ablate, reproduce)
 
 
 def _subcommand_modules() -> list[Any]:
-    import importlib
-
-    modules = []
-    for name in SUBCOMMAND_MODULES:
-        try:
-            modules.append(importlib.import_module(name))
-        except ModuleNotFoundError as e:
-            if e.name != name:
-                raise
-    return modules
+    return list(SUBCOMMAND_MODULES)
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """Defaults (or --config / the saved config on --resume), overridden by the flags that were given."""
     if args.resume:
-        base = pipeline.load_run_config(args.out)
+        base = load_run_config(args.out)
     elif args.config is not None:
         base = RunConfig.load(args.config)
     else:
@@ -255,12 +252,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    config = EvalConfig(
+        samples=args.samples, batch_size=args.batch_size, candidates=args.candidates or None,
+        check_exact=args.check_exact, certify=args.certify, tolerance=args.certify_tolerance,
+        budget=args.certify_budget, seed=args.seed, split=args.split, limit=args.limit,
+    )  # fmt: skip
     result = pipeline.evaluate_run(
-        args.run_dir, args.samples, args.split, args.limit, args.batch_size, args.device,
-        progress=not args.no_progress, seed=args.seed, candidates=args.candidates or None,
-        check_exact=args.check_exact, extra_exemplars=args.exemplars, add_val_exemplars=args.add_val_exemplars,
-        out=args.out, certify=args.certify, certify_tolerance=args.certify_tolerance,
-        certify_budget=args.certify_budget,
+        args.run_dir, config, args.device, progress=not args.no_progress, extra_exemplars=args.exemplars,
+        add_val_exemplars=args.add_val_exemplars, out=args.out,
     )  # fmt: skip
     if args.json:
         print(json.dumps(result))
@@ -305,12 +304,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    print(f"wrote {pipeline.write_report(args.run_dir, args.device, args.seed)}")
+    print(f"wrote {report.write_report(args.run_dir, args.device, args.seed)}")
     return 0
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    table = pipeline.results_table(args.run_dirs)
+    table = report.results_table(args.run_dirs)
     if args.out is not None:
         atomic_write_text(args.out, table)
     print(table, end="")

@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from exemplar_vae import reproduce as rep
-from exemplar_vae.config import AMP_NAMES, ARCH_NAMES, SEARCH_NAMES
 from exemplar_vae.errors import ConfigError
+from exemplar_vae.models.build import ARCHITECTURES
+from exemplar_vae.retrieval import SEARCH_NAMES
+from exemplar_vae.training.loop import AMP_DTYPES
 
 
 def add_parsers(sub: Any) -> None:
@@ -25,7 +27,7 @@ def add_parsers(sub: Any) -> None:
         "interrupted runs and reuses finished ones.",
     )
     p.add_argument("--dataset", nargs="+", default=None, help="mnist, fashion-mnist, omniglot")
-    p.add_argument("--arch", nargs="+", default=["mlp"], choices=ARCH_NAMES, help="default mlp")
+    p.add_argument("--arch", nargs="+", default=["mlp"], choices=list(ARCHITECTURES), help="default mlp")
     p.add_argument(
         "--prior", nargs="+", default=["gaussian", "vampprior", "exemplar"],
         choices=("gaussian", "vampprior", "exemplar"), help="default: all three of the paper's table",
@@ -60,7 +62,9 @@ def add_parsers(sub: Any) -> None:
         "1000); 0 = all N (exact, slow)",
     )  # fmt: skip
     b.add_argument("--device", default="auto")
-    b.add_argument("--amp", default="off", choices=AMP_NAMES, help="mixed precision for training steps")
+    b.add_argument(
+        "--amp", default="off", choices=list(AMP_DTYPES), help="mixed precision for training steps"
+    )
     p.add_argument(
         "--table-only", action="store_true",
         help="train and evaluate nothing: tabulate the runs in --out that have an evaluation.json so far",

@@ -33,7 +33,6 @@ __all__ = [
     "dynamic_binarize",
     "fixed_binarize",
     "identity_collate",
-    "random_split_indices",
 ]
 
 Batch = tuple[Tensor, Tensor, Tensor]
@@ -213,27 +212,3 @@ def check_8bit(x: Tensor, what: str, atol: float = EIGHT_BIT_ATOL) -> None:
                 "integer k. 8-bit modelling (binarize=False) needs pixels saved as uint8 (or k/255); "
                 "keep binarize=True to model these grey values as Bernoulli probabilities"
             )
-
-
-def random_split_indices(n: int, n_val: int, n_test: int, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
-    """Splits ``range(n)`` at random into disjoint train, validation and test indices.
-
-    Which example goes where is random (a seeded permutation); within each split the indices are
-    sorted, so every split keeps the original order of the data.
-
-    Args:
-        n: number of examples.
-        n_val: size of the validation split.
-        n_test: size of the test split.
-        seed: seed of the permutation (numpy ``RandomState``).
-
-    Returns:
-        (train [n - n_val - n_test], val [n_val], test [n_test]) int64 index tensors.
-    """
-    if min(n_val, n_test) < 0 or n_val + n_test > n:
-        raise DataError(f"cannot split {n} examples into {n_val} validation and {n_test} test examples")
-    perm = torch.from_numpy(np.random.RandomState(seed).permutation(n)).to(torch.int64)
-    n_train = n - n_val - n_test
-    parts = perm[:n_train], perm[n_train : n_train + n_val], perm[n_train + n_val :]
-    train, val, test = (part.sort().values for part in parts)
-    return train, val, test

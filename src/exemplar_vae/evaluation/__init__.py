@@ -1,10 +1,7 @@
-"""Evaluation: density estimation on held-out data."""
+"""Evaluation: density estimation on held-out data (truncated and certified) and the representation probe."""
 
 from exemplar_vae.evaluation.density import evaluate_density
-
-__all__ = ["evaluate_density"]
-
-from exemplar_vae.evaluation.representation import (  # noqa: E402
+from exemplar_vae.evaluation.representation import (
     DEFAULT_KS,
     encode_codes,
     knn_probe,
@@ -12,14 +9,15 @@ from exemplar_vae.evaluation.representation import (  # noqa: E402
     probe_table,
     tsne_plot,
 )
+from exemplar_vae.evaluation.scoring import PriorScoring
 
-__all__ += ["DEFAULT_KS", "encode_codes", "knn_probe", "majority_vote", "probe_table", "tsne_plot"]
-
-from exemplar_vae.evaluation.classifier import (  # noqa: E402
-    build_classifier,
-    classification_table,
-    compare_augmentation,
-    train_classifier,
-)
-
-__all__ += ["build_classifier", "classification_table", "compare_augmentation", "train_classifier"]
+__all__ = [
+    "DEFAULT_KS",
+    "PriorScoring",
+    "encode_codes",
+    "evaluate_density",
+    "knn_probe",
+    "majority_vote",
+    "probe_table",
+    "tsne_plot",
+]

@@ -1,24 +1,19 @@
-"""Generation: prior samples and exemplar-based variations."""
+"""Generation: prior samples, exemplar-based variations, cyclic chains and interpolation."""
 
-from exemplar_vae.generation.sample import exemplar_grid, prior_sample_grid
-
-__all__ = ["exemplar_grid", "prior_sample_grid"]
-
-from exemplar_vae.generation.sample import (  # noqa: E402
+from exemplar_vae.generation.sample import (
     check_temperature,
     cyclic_chain,
+    exemplar_grid,
     interpolate,
     interpolation_grid,
+    prior_sample_grid,
 )
 
-__all__ += ["check_temperature", "cyclic_chain", "interpolate", "interpolation_grid"]
-
-from exemplar_vae.generation.augment import (  # noqa: E402
-    OUTPUTS,
-    AugmentedDataset,
-    ExemplarAugmenter,
-    augment_run,
-    round_to_8bit,
-)
-
-__all__ += ["OUTPUTS", "AugmentedDataset", "ExemplarAugmenter", "augment_run", "round_to_8bit"]
+__all__ = [
+    "check_temperature",
+    "cyclic_chain",
+    "exemplar_grid",
+    "interpolate",
+    "interpolation_grid",
+    "prior_sample_grid",
+]

@@ -1,6 +1,7 @@
 """VAE = encoder + decoder + prior. No branching on the prior's type: the prior is an object.
 
-Read with ``priors/exemplar.py`` (the prior) and ``objectives/elbo.py`` (the loss).
+Read with ``priors/exemplar.py`` (the prior) and ``objectives/elbo.py`` (the loss, which takes the model
+as an argument: the model does not know its objective).
 """
 
 from __future__ import annotations
@@ -91,13 +92,6 @@ class VAE(nn.Module):
         """log p(x|z) for codes z [..., B, d] drawn for inputs x [B, D]: -> [..., B] (kl_lower = 0)."""
         log_px = self.observation.log_prob(x, full_precision(self.decode(z)))
         return LowerTerms(log_px, torch.zeros_like(log_px))
-
-    def forward(self, x: Tensor, index: Tensor | None = None, beta: float = 1.0, generator=None):  # noqa: ANN001
-        """Single-sample ELBO terms of a batch (see ``objectives.elbo.elbo_terms``); lets the model be wrapped
-        in DistributedDataParallel."""
-        from exemplar_vae.objectives.elbo import elbo_terms  # the objective imports this module
-
-        return elbo_terms(self, x, index, beta, generator)
 
     @torch.no_grad()
     def generate(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> Tensor:

@@ -5,19 +5,57 @@
 The encoder runs once per test point (not once per sample), the decoder and the prior stream over chunks
 of samples, and the per-sample log-weights are reduced with logsumexp. The same weights give the
 S-sample average ELBO, mean_s log w_s, a lower-variance estimate of the ELBO than one sample.
+
+How log p(z) is scored is passed in (``prior_scorer``, ``prior_bounds``): by default the prior's own
+``log_prob``; evaluation may pass a truncated scorer with certified bounds (``evaluation/``).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from exemplar_vae.functional import log_normal_diag, reparameterize
+from exemplar_vae.functional import log_mean_exp, log_normal_diag, reparameterize
+from exemplar_vae.interfaces import Encoder
 from exemplar_vae.models.vae import VAE
+from exemplar_vae.priors import Prior
+
+# z [S, B, d] (column b drawn for test point b) -> log p(z) [S, B]
+Scorer = Callable[[Tensor], Tensor]
+# (z [S, B, d], rest of each log-weight [S, B] or None) -> (lower, upper) bounds on log p(z), [S, B] each
+Bounds = Callable[[Tensor, Tensor | None], tuple[Tensor, Tensor]]
+
+
+def exact_prior_scorer(prior: Prior, encoder: Encoder) -> Callable[[Tensor], Scorer]:
+    """mean [B, d] -> a ``Scorer`` that scores every code with ``prior.log_prob`` (the mean is not needed:
+    the prior is scored in full)."""
+
+    def for_batch(mean: Tensor) -> Scorer:
+        def score(z: Tensor) -> Tensor:
+            return prior.log_prob(z.reshape(-1, z.shape[-1]), encoder).reshape(z.shape[:-1])
+
+        return score
+
+    return for_batch
+
+
+def exact_prior_bounds(prior: Prior, encoder: Encoder) -> Callable[[Tensor], Bounds]:
+    """mean [B, d] -> ``Bounds`` returning the exact value twice."""
+    scorer = exact_prior_scorer(prior, encoder)
+
+    def for_batch(mean: Tensor) -> Bounds:
+        score = scorer(mean)
+
+        def bounds(z: Tensor, log_weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
+            value = score(z)
+            return value, value
+
+        return bounds
+
+    return for_batch
 
 
 class LikelihoodEstimate(NamedTuple):
@@ -57,9 +95,8 @@ def _lower_stream(model: VAE, generator: torch.Generator | None) -> torch.Genera
     each read their own stream in order, so on a CPU the samples do not depend on how the S samples are
     split into chunks (``max_rows``) -- as long as every chunk holds a multiple of 16 values (torch draws
     normals in blocks of 16 there), e.g. any even number of test points with d = 40. (CPU and GPU
-    generators differ, so their samples never match; a model's samples for a seed also differ from those
-    of the code before this stream, which drew z1 from the shared one.) A one-layer model draws nothing
-    below z and keeps ``generator``."""
+    generators differ, so their samples never match.) A one-layer model draws nothing below z and keeps
+    ``generator``."""
     if generator is None or not model.lower_latents:
         return generator
     seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
@@ -74,6 +111,7 @@ def log_weights(
     max_rows: int | None = None,
     generator: torch.Generator | None = None,
     columns: int | None = None,
+    prior_scorer: Callable[[Tensor], Scorer] | None = None,
 ) -> Tensor:
     """log w_s = log p(x|z_s) + log p(z_s) - log q(z_s|x) for z_s ~ q(z|x).
 
@@ -87,15 +125,17 @@ def log_weights(
         columns: score the prior for the first ``columns`` inputs only and return their weights (the
             samples are those of the whole batch, so a few points can be re-scored with another prior
             on exactly the samples they had in a full batch); None: all B.
+        prior_scorer: encoder means [c, d] -> ``Scorer`` of log p(z); None: ``exact_prior_scorer``.
 
     Returns:
         [S, B] (or [S, columns]) log-weights (float64).
     """
+    scorer_for = prior_scorer if prior_scorer is not None else exact_prior_scorer(model.prior, model.encoder)
     out, score_prior = [], None
     c = x.shape[0] if columns is None else columns
     for z, base, mean in _proposal_terms(model, x, num_samples, max_rows, generator):
         if score_prior is None:
-            score_prior = model.prior.batch_scorer(mean[:c], model.encoder)  # z [s, c, d] -> log p(z) [s, c]
+            score_prior = scorer_for(mean[:c])  # z [s, c, d] -> log p(z) [s, c]
         out.append(base[:, :c] + score_prior(z[:, :c]).double())
     return torch.cat(out)  # [S, c]
 
@@ -107,9 +147,10 @@ def log_weight_bounds(
     num_samples: int,
     max_rows: int | None = None,
     generator: torch.Generator | None = None,
+    prior_bounds: Callable[[Tensor], Bounds] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Lower and upper bounds on the log-weights of ``log_weights`` (same samples for the same generator
-    state), from the prior's ``batch_bounds``; equal where the prior is scored exactly.
+    state), from ``prior_bounds`` (encoder means [B, d] -> ``Bounds``; None: the exact prior, equal bounds).
 
     All S samples of the batch are drawn first (memory S * B * d codes) and bounded in one call, which
     also receives the rest of each log-weight [S, B], so a bound can spend its refinement on the samples
@@ -124,7 +165,8 @@ def log_weight_bounds(
         bases.append(base)
         means.append(mean)
     z, base = torch.cat(codes), torch.cat(bases)  # [S, B, d], [S, B]: all samples at once
-    lo, up = model.prior.batch_bounds(means[0], model.encoder)(z, base)
+    bounds_for = prior_bounds if prior_bounds is not None else exact_prior_bounds(model.prior, model.encoder)
+    lo, up = bounds_for(means[0])(z, base)
     return base + lo.double(), base + up.double()
 
 
@@ -134,7 +176,10 @@ def importance_sampled_log_likelihood(
     num_samples: int,
     max_rows: int | None = None,
     generator: torch.Generator | None = None,
+    prior_scorer: Callable[[Tensor], Scorer] | None = None,
 ) -> LikelihoodEstimate:
-    """IWAE estimate of log p(x) and the S-sample ELBO, per example, in nats: [B, D] -> [B] each."""
-    w = log_weights(model, x, num_samples, max_rows, generator)  # [S, B]
-    return LikelihoodEstimate(torch.logsumexp(w, dim=0) - math.log(num_samples), w.mean(dim=0))
+    """IWAE estimate of log p(x) and the S-sample ELBO, per example, in nats: [B, D] -> [B] each.
+
+    ``prior_scorer`` as in ``log_weights`` (None: the prior's ``log_prob``)."""
+    w = log_weights(model, x, num_samples, max_rows, generator, prior_scorer=prior_scorer)  # [S, B]
+    return LikelihoodEstimate(log_mean_exp(w, 0), w.mean(dim=0))

@@ -8,17 +8,25 @@ exemplar subsampling) and the evaluation form (the full prior).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
+from exemplar_vae.errors import ConfigError
 from exemplar_vae.interfaces import Encoder
 
 
+class KernelMixture(NamedTuple):
+    """p(z) = 1/N sum_n N(z; centers[n], exp(log_var) I): what evaluation needs of a kernel prior."""
+
+    centers: Tensor  # [N, d] component means (the exemplar prior: the cached exemplar codes)
+    log_var: Tensor  # [] the shared log sigma^2 (detached)
+
+
 class Prior(nn.Module):
-    """Base class: log_prob(z) -> [B], sample(n) -> [n, d], and an explicit refresh hook."""
+    """Base class: log_prob(z) -> [B], sample(n) -> [n, d], an explicit refresh hook, and what evaluation
+    and generation may ask of any prior (``kernel_mixture``, ``variation_kernel``, ``extra_metrics``)."""
 
     def __init__(self, latent_dim: int) -> None:
         super().__init__()
@@ -54,36 +62,24 @@ class Prior(nn.Module):
         """Recompute whatever the prior caches from the encoder (called by the training loop and by
         evaluation, never by a loss). Default: nothing to cache."""
 
-    def batch_scorer(self, mean: Tensor, encoder: Encoder) -> Callable[[Tensor], Tensor]:
-        """A function scoring codes drawn around a batch of test points, for importance sampling.
+    def kernel_mixture(self) -> KernelMixture | None:
+        """The evaluation-time prior as an equal-weight mixture of isotropic Gaussian kernels, if it is one.
 
-        Args:
-            mean: [B, d] encoder means of the batch's test points.
-            encoder: the VAE's encoder.
-
-        Returns:
-            f(z [S, B, d]) -> log p(z) [S, B], where column b holds codes drawn for test point b. The default
-            scores every code with ``log_prob``; the exemplar prior may restrict each column to the
-            exemplars near its test point (a lower bound).
+        Evaluation uses it to truncate the mixture to the components near each test point
+        (``evaluation.truncation``) and to bound what was dropped (``evaluation.certify``). None (the
+        default): the prior is scored with ``log_prob``.
         """
+        return None
 
-        def score(z: Tensor) -> Tensor:
-            return self.log_prob(z.reshape(-1, z.shape[-1]), encoder).reshape(z.shape[:-1])
+    def exemplar_set(self) -> Tensor | None:
+        """The [N, D] inputs the prior is built on (the exemplar prior's exemplars); None for a prior
+        without an exemplar set."""
+        return None
 
-        return score
-
-    def batch_bounds(self, mean: Tensor, encoder: Encoder) -> Callable[..., tuple[Tensor, Tensor]]:
-        """Like ``batch_scorer``, but f(z [S, B, d], log_weight [S, B] | None) -> (lower, upper) bounds on
-        log p(z) [S, B]. ``log_weight`` is the rest of each importance log-weight (log p(x, ...|z) - log q),
-        which a bound may use to spend its work where the estimate needs it. A prior scored exactly returns
-        its value twice; the truncated exemplar prior returns a certified interval."""
-        score = self.batch_scorer(mean, encoder)
-
-        def bounds(z: Tensor, log_weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
-            value = score(z)
-            return value, value
-
-        return bounds
+    def set_exemplars(self, exemplars: Tensor) -> None:
+        """Replace the prior's exemplar set (add new data without retraining). Only a prior built on
+        exemplars has one; the others refuse."""
+        raise ConfigError(f"the {type(self).__name__} has no exemplar set to replace")
 
     def variation_kernel(self, mean: Tensor, log_var: Tensor) -> tuple[Tensor, Tensor]:
         """Distribution used to draw variations of an input whose q(z|x) is N(mean, exp(log_var)).

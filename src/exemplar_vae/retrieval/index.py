@@ -12,7 +12,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from exemplar_vae.config import SEARCH_NAMES
 from exemplar_vae.errors import ConfigError
 from exemplar_vae.functional import squared_distances
 
@@ -24,7 +23,7 @@ except ImportError:  # pragma: no cover - exercised only where faiss is missing
     faiss = None  # type: ignore[assignment]
 
 BACKENDS = ("auto", "faiss", "torch")
-__all__ = ["BACKENDS", "SEARCH_NAMES", "ApproximateIndex", "default_nlist", "knn_search", "recall"]
+__all__ = ["BACKENDS", "ApproximateIndex", "check_nprobe", "default_nlist", "knn_search", "recall"]
 
 
 def knn_search(queries: Tensor, base: Tensor, k: int, backend: str = "auto") -> tuple[Tensor, Tensor]:
@@ -61,6 +60,12 @@ def knn_search(queries: Tensor, base: Tensor, k: int, backend: str = "auto") -> 
     return dist, idx
 
 
+def check_nprobe(nprobe: int) -> None:
+    """At least one inverted list visited per query (ConfigError otherwise)."""
+    if nprobe < 1:
+        raise ConfigError(f"--nprobe must be at least 1, got {nprobe}")
+
+
 def default_nlist(n: int) -> int:
     """Inverted lists of the approximate index for n codes: about 2 sqrt(n), with at least 39 codes per
     list (faiss's k-means warns below that), at least 1."""
@@ -90,8 +95,7 @@ class ApproximateIndex:
         nlist = default_nlist(n) if nlist is None else nlist
         if not 1 <= nlist <= n:
             raise ConfigError(f"the approximate index needs 1 <= nlist <= N={n}, got {nlist}")
-        if nprobe < 1:
-            raise ConfigError(f"--nprobe must be at least 1, got {nprobe}")
+        check_nprobe(nprobe)
         self.num_codes, self.nlist, self.nprobe = n, nlist, min(nprobe, nlist)
         base = np.ascontiguousarray(codes.detach().float().cpu().numpy())
         self.index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, nlist)

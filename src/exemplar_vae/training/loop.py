@@ -1,6 +1,7 @@
 """The training loop: epochs, KL warm-up, validation, early stopping, checkpoints, resume.
 
-The loop drives any ``VAE``: it calls ``model(x, index, beta)`` for the ELBO terms and
+The loop drives any ``VAE`` with the loss it is given (default ``objectives.elbo_terms``): it calls
+``loss(model, x, index, beta)`` for the ELBO terms and
 ``model.prior.refresh(model.encoder)`` at the start of every epoch and before validation (the exemplar
 prior re-encodes its exemplar cache there; the other priors do nothing). Batches are index tensors drawn
 from a seeded permutation; ``BatchSampler`` takes ``rank``/``world_size`` so each process of a
@@ -14,7 +15,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,12 @@ from exemplar_vae.errors import ExemplarVAEError
 from exemplar_vae.functional import kl_warmup
 from exemplar_vae.io import BEST, LAST, METRICS, atomic_write_text
 from exemplar_vae.models.vae import VAE
+from exemplar_vae.objectives.elbo import ElboTerms, elbo_terms
 from exemplar_vae.training.checkpoint import load_checkpoint, save_checkpoint
 from exemplar_vae.training.optim import build_optimizer, load_optimizer_state, normalize_gradients
+
+# (model, x [B, D], dataset indices [B] or None, beta, generator or None) -> ElboTerms
+Loss = Callable[[VAE, Tensor, Tensor | None, float, torch.Generator | None], ElboTerms]
 
 AMP_DTYPES: dict[str, torch.dtype | None] = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -102,6 +107,7 @@ class Trainer:
         run_dir: folder for checkpoints and metrics.jsonl; None trains in memory.
         callbacks: extra hooks.
         progress: show a tqdm bar per epoch.
+        loss: the objective, ``elbo_terms`` by default (any function with its signature).
         rank, world_size: for torch.distributed (files are written by rank 0 only).
     """
 
@@ -115,8 +121,9 @@ class Trainer:
         progress: bool = True,
         rank: int = 0,
         world_size: int = 1,
+        loss: Loss = elbo_terms,
     ) -> None:
-        self.model, self.data, self.config = model, data, config
+        self.model, self.data, self.config, self.loss = model, data, config, loss
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.callbacks, self.progress, self.is_main = list(callbacks), progress, rank == 0
         t = config.train
@@ -199,7 +206,7 @@ class Trainer:
             if self.data.binary:
                 x = dynamic_binarize(x)  # [B, D] in {0, 1}
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                terms = model(x, idx, beta)
+                terms = self.loss(model, x, idx, beta, None)
             if not torch.isfinite(terms.loss):
                 raise ExemplarVAEError(
                     f"training diverged at epoch {epoch} (loss {terms.loss.item()}); try a smaller --lr"
@@ -229,7 +236,7 @@ class Trainer:
         g = torch.Generator(device=self.device).manual_seed(12345)
         rec, kl = [], []
         for xb in self.val_x.split(batch_size):
-            terms = model(xb, None, 1.0, g)
+            terms = self.loss(model, xb, None, 1.0, g)
             rec.append(terms.rec)
             kl.append(terms.kl)
         r, k = torch.cat(rec), torch.cat(kl)

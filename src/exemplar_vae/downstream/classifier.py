@@ -1,6 +1,6 @@
 """The paper's permutation-invariant MLP classifier, trained with and without generative augmentation.
 
-Protocol (Norouzi et al. 2020, Sec. 5; PAPER.md 2.5): an MLP D -> H -> H -> C with ReLU, no dropout, no
+Protocol (Norouzi et al. 2020, Sec. 5; docs/paper.md §9): an MLP D -> H -> H -> C with ReLU, no dropout, no
 weight decay, on grey pixels in [0, 1]; cross-entropy with label smoothing 0.1 (for 10 classes: target
 0.01 on every class plus 0.9 on the true one); SGD with momentum 0.9, batch 100, learning rate lr0 in
 epoch e (counted from 0) equal to lr0 * (1 - 0.99 * e / E), i.e. decayed linearly towards 1% of lr0; no
@@ -31,8 +31,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from exemplar_vae.data import DataSplits, load_dataset
+from exemplar_vae.data import DATASETS, DataSplits, canonical_name, load_dataset
+from exemplar_vae.downstream.augment import ExemplarAugmenter, check_output
 from exemplar_vae.errors import ConfigError, DataError
+from exemplar_vae.generation import check_temperature
+from exemplar_vae.runs import load_run, load_run_config, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -136,8 +139,6 @@ def train_classifier(
         real_weight (None without augmentation), augmented, augmenter, label_smoothing, momentum, dtype,
         classes, train_examples, test_examples, test_inputs ("grey" or "binarised"), device.
     """
-    from exemplar_vae.pipeline import resolve_device  # pipeline imports this package
-
     _check_options(hidden, epochs, real_weight, lr, batch_size)
     classes = _check_labels(data)
     dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
@@ -201,8 +202,6 @@ def train_classifier(
 
 def _same_dataset(a: str, b: str) -> bool:
     """Whether two dataset arguments name the same data (a registered name, or the same .npz file)."""
-    from exemplar_vae.data.registry import DATASETS, canonical_name
-
     ca, cb = canonical_name(a), canonical_name(b)
     if ca in DATASETS or cb in DATASETS:
         return ca == cb
@@ -263,10 +262,6 @@ def compare_augmentation(
     Raises:
         ConfigError: a bad option, a missing run folder, or a run trained on another dataset.
     """
-    from exemplar_vae.generation.augment import ExemplarAugmenter, check_output
-    from exemplar_vae.generation.sample import check_temperature
-    from exemplar_vae.pipeline import load_run, load_run_config, resolve_device
-
     _check_options(hidden, epochs, real_weight, lr, batch_size)
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     if (isinstance(seeds, int) and seeds < 1) or not seed_list:

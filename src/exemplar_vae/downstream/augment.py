@@ -1,4 +1,4 @@
-"""Generative data augmentation with a trained Exemplar VAE (Norouzi et al. 2020, Sec. 5; PAPER.md 2.5).
+"""Generative data augmentation with a trained Exemplar VAE (Norouzi et al. 2020, Sec. 5; docs/paper.md §9).
 
 Each input x is replaced by new images drawn around it: z ~ r(z|x) = N(mu(x), (T * sigma)^2 I), where
 r is the exemplar prior's transition kernel (``Prior.variation_kernel``; for other priors a draw from
@@ -35,9 +35,10 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from exemplar_vae.errors import ConfigError, DataError
-from exemplar_vae.generation.sample import check_temperature
+from exemplar_vae.generation import check_temperature
 from exemplar_vae.io import atomic_write_bytes
 from exemplar_vae.models.vae import VAE
+from exemplar_vae.runs import load_run
 
 logger = logging.getLogger(__name__)
 
@@ -230,8 +231,6 @@ def augment_run(
     Raises:
         ConfigError: a bad option, ``out`` not an .npz file, or a missing run folder.
     """
-    from exemplar_vae import pipeline  # pipeline imports this package
-
     out = Path(out)
     if out.suffix.lower() != ".npz":
         raise ConfigError(f"--out must be an .npz file, got '{out}'")
@@ -242,7 +241,7 @@ def augment_run(
         limit = check_positive("--limit", limit)
     batch_size = check_positive("batch size", batch_size)
     start = time.perf_counter()
-    model, data, config = pipeline.load_run(run_dir, device=device)
+    model, data, config = load_run(run_dir, device=device)
     generator = torch.Generator(device=model.device).manual_seed(seed)
     augmenter = ExemplarAugmenter(model, per_example, temperature, output, generator)
     sources = data.num_train if limit is None else min(limit, data.num_train)

@@ -1,0 +1,192 @@
+"""Run folders: load a trained run, its configuration and data, and extra exemplars.
+
+A run folder holds ``config.json`` (fully resolved), ``metrics.jsonl`` (one line per epoch), ``best.pt``
+and ``last.pt`` (atomic checkpoints), and whatever evaluation and pictures were made from it (file names
+in ``exemplar_vae.io``). Everything that reads a trained model -- evaluation, generation, the downstream
+tools, the CLI -- goes through ``load_run``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from exemplar_vae.config import RunConfig
+from exemplar_vae.data import DataSplits, load_dataset, npz_images, read_npz
+from exemplar_vae.errors import CheckpointError, ConfigError, DataError
+from exemplar_vae.io import BEST, CONFIG, LAST
+from exemplar_vae.models import VAE, build_vae
+from exemplar_vae.training import load_checkpoint
+from exemplar_vae.validation import validate
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    """ "auto" -> CUDA when available, else CPU; otherwise the named device (checked to exist)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ConfigError(f"unknown device '{name}'") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}' requested but CUDA is not available here")
+    return device
+
+
+def prepare(config: RunConfig) -> tuple[RunConfig, DataSplits]:
+    """Load the data and validate the config against it (resolving M = N/2)."""
+    validate(config)  # cheap checks before touching any file
+    data = load_dataset(
+        config.data.dataset,
+        config.data.data_dir,
+        train_size=config.data.train_size,
+        binarize=config.data.binarize,
+    )
+    return validate(config, data.num_train), data
+
+
+def build_model(config: RunConfig, data: DataSplits, device: torch.device | str = "cpu") -> VAE:
+    """A fresh VAE with the prior named in ``config``, its exemplar set the training images of ``data``."""
+    return build_vae(config.model, config.prior, data.train_x, data.image_shape, data.binary).to(device)
+
+
+def load_run_config(run_dir: str | Path) -> RunConfig:
+    """The resolved configuration saved in a run folder."""
+    return RunConfig.load(Path(run_dir) / CONFIG)
+
+
+def load_exemplars_npz(path: str | Path, data: DataSplits) -> Tensor:
+    """Extra exemplars from an ``.npz`` file in the format ``load_dataset`` reads.
+
+    All rows of its array ``x`` are taken, as grey values (uint8 0..255, bool, or float in [0, 1]; shape
+    [n, D], [n, H, W] or [n, C, H, W]); labels and ``x_val``/``x_test`` are ignored.
+
+    Args:
+        path: the ``.npz`` file.
+        data: the run's data; the file's D must equal ``data.data_dim``.
+
+    Returns:
+        [n, D] float32 in [0, 1].
+
+    Raises:
+        DataError: the file is missing or unreadable, has no ``x``, holds no examples or values out of
+            range, or its D differs from the model's.
+    """
+    path = Path(path).expanduser()
+    x, image_shape = npz_images(read_npz(path), "x", path)  # [n, D]
+    if x.shape[1] != data.data_dim:
+        raise DataError(
+            f"{path}: x holds images of shape {image_shape} (D={x.shape[1]}), but the model was trained on "
+            f"{data.name} with D={data.data_dim} values per example"
+        )
+    return x
+
+
+def _checked_exemplars(x: Tensor, data: DataSplits) -> Tensor:
+    """An [n, D] tensor of extra exemplars, checked against the data: float32, finite, in [0, 1]."""
+    if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] != data.data_dim:
+        raise DataError(
+            f"extra exemplars must be a non-empty [n, {data.data_dim}] tensor for {data.name}, "
+            f"got shape {tuple(x.shape)}"
+        )
+    x = x.detach().to(device="cpu", dtype=torch.float32)
+    if not bool(torch.isfinite(x).all()) or float(x.min()) < 0 or float(x.max()) > 1:
+        raise DataError("extra exemplars must hold finite values in [0, 1]")
+    return x
+
+
+def extra_exemplar_set(
+    data: DataSplits, extra_exemplars: Tensor | str | Path | None = None, add_val_exemplars: bool = False
+) -> Tensor | None:
+    """The exemplars to add to the training images: the validation images (grey when the data kept
+    them) if ``add_val_exemplars``, then ``extra_exemplars`` (an [n, D] tensor in [0, 1], or an ``.npz``
+    file read by ``load_exemplars_npz``). Returns [n_extra, D] float32, or None when nothing is added."""
+    parts = []
+    if add_val_exemplars:
+        parts.append(data.val_grey if data.val_grey is not None else data.val_x)
+    if isinstance(extra_exemplars, (str, Path)):
+        parts.append(load_exemplars_npz(extra_exemplars, data))
+    elif extra_exemplars is not None:
+        parts.append(_checked_exemplars(extra_exemplars, data))
+    return torch.cat(parts) if parts else None
+
+
+def extra_sources(
+    data: DataSplits, extra_exemplars: Tensor | str | Path | None, add_val_exemplars: bool
+) -> list[str]:
+    """Where the extra exemplars came from, for evaluation.json."""
+    sources = []
+    if add_val_exemplars:
+        sources.append("validation set (" + ("grey)" if data.val_grey is not None else "binarised)"))
+    if isinstance(extra_exemplars, (str, Path)):
+        sources.append(str(extra_exemplars))
+    elif extra_exemplars is not None:
+        sources.append("tensor")
+    return sources
+
+
+def load_run(
+    run_dir: str | Path,
+    checkpoint: str = "best",
+    device: str = "auto",
+    data: DataSplits | None = None,
+    extra_exemplars: Tensor | str | Path | None = None,
+    add_val_exemplars: bool = False,
+    refresh: bool = True,
+) -> tuple[VAE, DataSplits, RunConfig]:
+    """Rebuild a trained model from its run folder, its exemplar set reloaded from the training data.
+
+    New exemplars can join the exemplar prior without retraining: the prior becomes the Parzen window
+    over the training images plus the extra ones, each with weight 1 / (N + n_extra).
+
+    Args:
+        run_dir: a folder written by ``train``.
+        checkpoint: "best" or "last".
+        device: where to put the model.
+        data: the run's data if already loaded.
+        extra_exemplars: exemplar prior only: [n, D] images in [0, 1], or an ``.npz`` file (see
+            ``load_exemplars_npz``), appended to the training images as the exemplar set.
+        add_val_exemplars: exemplar prior only: also append the validation images (grey when kept).
+        refresh: refresh the prior's cache for the loaded weights (False for a caller that refreshes
+            it itself, e.g. ``evaluate_density``).
+
+    Returns:
+        (model in eval mode with its prior refreshed, data, config).
+
+    Raises:
+        ConfigError: extra exemplars for a prior other than the exemplar prior.
+        DataError: extra exemplars of the wrong width or with values outside [0, 1].
+    """
+    run_dir = Path(run_dir)
+    if checkpoint not in ("best", "last"):
+        raise ConfigError(f"checkpoint must be 'best' or 'last', got '{checkpoint}'")
+    if not run_dir.is_dir():
+        raise ConfigError(f"run folder {run_dir} does not exist")
+    ckpt = load_checkpoint(run_dir / (BEST if checkpoint == "best" else LAST))
+    config = RunConfig.from_dict(ckpt["config"])
+    if (extra_exemplars is not None or add_val_exemplars) and config.prior.name != "exemplar":
+        raise ConfigError(
+            f"only the exemplar prior has an exemplar set; {run_dir} uses the '{config.prior.name}' prior, "
+            "so no exemplars can be added"
+        )
+    if data is None:
+        config, data = prepare(config)
+    extra = extra_exemplar_set(data, extra_exemplars, add_val_exemplars)  # [n_extra, D] or None
+    dev = resolve_device(device)
+    model = build_model(config, data, dev)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint in {run_dir} does not match its config: {e}") from e
+    if extra is not None:
+        model.prior.set_exemplars(torch.cat([data.train_x, extra]))  # [N + n_extra, D]
+        logger.info("exemplar set: %d training + %d extra images", data.num_train, extra.shape[0])
+    model.eval()
+    if refresh:
+        model.prior.refresh(model.encoder)
+    return model, data, config

@@ -1,0 +1,113 @@
+"""Every rule a configuration must obey, in one place.
+
+Names are checked against the registries that build the objects (``PRIORS``, ``ARCHITECTURES``,
+``OPTIMIZER_NAMES``, ``AMP_DTYPES``, ``SEARCH_NAMES``), and each component's own rule function is called
+rather than restated (``check_exemplar_counts``, ``check_search``), so the CLI, the Python API and the
+objects themselves refuse the same values with the same message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from exemplar_vae.config import EvalConfig, PriorConfig, RunConfig
+from exemplar_vae.errors import ConfigError
+from exemplar_vae.models.build import ARCHITECTURES
+from exemplar_vae.priors import PRIORS
+from exemplar_vae.priors.exemplar import check_exemplar_counts
+from exemplar_vae.retrieval import check_search
+from exemplar_vae.training.loop import AMP_DTYPES
+from exemplar_vae.training.optim import OPTIMIZER_NAMES
+
+SPLITS = ("test", "val")
+
+
+def _check_name(what: str, value: str, valid: object) -> None:
+    names = list(valid)  # type: ignore[call-overload]
+    if value not in names:
+        raise ConfigError(f"unknown {what} '{value}'; valid: {', '.join(names)}")
+
+
+def validate(config: RunConfig, num_train: int | None = None) -> RunConfig:
+    """Check every value and resolve the data-dependent defaults (M = N/2).
+
+    Args:
+        config: the requested configuration.
+        num_train: N, the number of training points, once the data is loaded.
+
+    Returns:
+        The configuration with ``prior.exemplars`` resolved when ``num_train`` is given.
+
+    Raises:
+        ConfigError: naming the offending value.
+    """
+    m, p, t = config.model, config.prior, config.train
+    _check_name("architecture", m.arch, ARCHITECTURES)
+    _check_name("prior", p.name, PRIORS)
+    _check_name("mixed precision (--amp)", t.amp, AMP_DTYPES)
+    _check_name("optimizer", t.optimizer, OPTIMIZER_NAMES)
+    positive = {
+        "latent dimension (--latent-dim)": m.latent_dim,
+        "hidden width (--hidden)": m.hidden,
+        "components (--components)": p.components,
+        "epochs (--epochs)": t.epochs,
+        "batch size (--batch-size)": t.batch_size,
+    }
+    for what, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{what} must be at least 1, got {value}")
+    if not t.lr > 0:
+        raise ConfigError(f"learning rate (--lr) must be positive, got {t.lr}")
+    if t.warmup < 0 or t.early_stopping < 0:
+        raise ConfigError(
+            f"--warmup and --early-stopping must be >= 0, got {t.warmup} and {t.early_stopping}"
+        )
+    check_search(p.search, p.nprobe)
+    if p.search == "exact" and p.nprobe != PriorConfig.nprobe:
+        raise ConfigError(
+            f"--nprobe {p.nprobe} applies to the approximate search (--search ivf); the exact search probes "
+            "every code"
+        )
+    if p.search == "ivf" and p.name != "exemplar":
+        raise ConfigError(f"--search ivf is the exemplar prior's retrieval search; the prior is '{p.name}'")
+    if p.search == "ivf" and p.knn == 0:
+        raise ConfigError(
+            "--search ivf applies to retrieval (--knn > 0); the exact prior (--knn 0) searches nothing"
+        )
+    if p.knn < 0:
+        raise ConfigError(f"--knn must be >= 0 (0 = exact prior), got {p.knn}")
+    if p.exemplars is not None and p.exemplars < 1:
+        raise ConfigError(f"--exemplars (M) must be at least 1, got {p.exemplars}")
+    if num_train is None or p.name != "exemplar":
+        return config
+    if num_train < 2:
+        raise ConfigError(f"the exemplar prior needs at least 2 training points, got {num_train}")
+    exemplars = p.exemplars if p.exemplars is not None else max(1, num_train // 2)
+    check_exemplar_counts(num_train, exemplars, p.knn)
+    if p.leave_one_out and exemplars < 2:
+        raise ConfigError(f"leave-one-out needs at least 2 exemplars per step, got --exemplars M={exemplars}")
+    return dataclasses.replace(config, prior=dataclasses.replace(p, exemplars=exemplars))
+
+
+def validate_eval(config: EvalConfig) -> EvalConfig:
+    """Check an evaluation's settings before any model is loaded.
+
+    Raises:
+        ConfigError: naming the flag and the value.
+    """
+    _check_name("split (--split)", config.split, SPLITS)
+    if config.samples < 1:
+        raise ConfigError(f"--samples must be at least 1, got {config.samples}")
+    if config.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {config.batch_size}")
+    if config.limit is not None and config.limit < 1:
+        raise ConfigError(f"--limit must be at least 1, got {config.limit}")
+    if config.candidates is not None and config.candidates < 1:
+        raise ConfigError(f"--candidates must be at least 1, got {config.candidates}")
+    if config.check_exact < 0:
+        raise ConfigError(f"--check-exact must be >= 0, got {config.check_exact}")
+    if not config.tolerance > 0:
+        raise ConfigError(f"--certify-tolerance must be positive, got {config.tolerance}")
+    if not 0 <= config.budget <= 1:
+        raise ConfigError(f"--certify-budget must be between 0 and 1 (a fraction of N), got {config.budget}")
+    return config
