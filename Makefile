@@ -47,8 +47,8 @@ bench: setup data
 	$(PY) benchmarks/bench_train_eval.py --write
 
 lint: setup
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks experiments
+	$(VENV)/bin/ruff format --check src tests benchmarks experiments
 	$(VENV)/bin/mypy src --ignore-missing-imports
 
 clean:

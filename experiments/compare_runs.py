@@ -16,15 +16,15 @@ import statistics
 import sys
 from pathlib import Path
 
-from exemplar_vae.io import atomic_write_text
+from exemplar_vae.io import EVALUATION, atomic_write_text, read_metrics
 
 
 def epochs(run: Path) -> list[dict]:
-    return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "epoch" in r]
+    return [r for r in read_metrics(run) if "epoch" in r]
 
 
 def evaluation(run: Path, path: Path | None = None) -> dict:
-    path = run / "evaluation.json" if path is None else path
+    path = run / EVALUATION if path is None else path
     if not path.is_file():
         sys.exit(f"error: {path} does not exist: run `exemplar-vae evaluate {run}` first")
     return json.loads(path.read_text())

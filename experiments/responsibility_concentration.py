@@ -1,6 +1,6 @@
 """How much of the retrieval bound's mass sits on a few exemplars during training?
 
-Issue #5 proposes, as an option, to send gradients only through the retrieved exemplars that carry the
+An option for the training step is to send gradients only through the retrieved exemplars that carry the
 prior's mass. Whether that saves work depends on how concentrated each training point's responsibilities
 
     r_bu = N(z_b; mu(x_u), s^2 I) / sum_u' N(z_b; mu(x_u'), s^2 I)   (u over the retrieved union, self masked)
@@ -33,8 +33,8 @@ import torch
 from exemplar_vae.data import dynamic_binarize
 from exemplar_vae.functional import leave_one_out_mask, reparameterize
 from exemplar_vae.io import atomic_write_text
-from exemplar_vae.pipeline import load_run
 from exemplar_vae.priors.exemplar import ExemplarPrior, exemplar_log_kernel
+from exemplar_vae.runs import load_run
 
 
 @torch.no_grad()

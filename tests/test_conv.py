@@ -1,7 +1,7 @@
 """The ConvHVAE networks (models/conv.py): shapes, the flattening contract, and a float64 reference.
 
 Tiny images (1 x 8 x 8 and 3 x 8 x 8) and narrow layers keep the file fast; one test builds the
-paper's 28 x 28 network and counts its parameters (PAPER.md 2.3: "≈2.21 M").
+paper's 28 x 28 network and counts its parameters (docs/paper.md §5: "≈2.21 M").
 """
 
 from __future__ import annotations

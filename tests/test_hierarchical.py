@@ -280,7 +280,7 @@ def test_cli_8_bit_npz_with_no_binarize_uses_the_logistic_likelihood(tmp_path, c
     ("arch", "count"), [("mlp", 1_116_864), ("hvae", 2_431_024), ("convhvae", 2_210_861)]
 )
 def test_paper_sized_networks_have_the_papers_parameter_counts(arch: str, count: int) -> None:
-    """PAPER.md 2.3: VAE 1,116,864 (counted by hand from the code), HVAE ~2.43 M, ConvHVAE ~2.21 M."""
+    """docs/paper.md §5: VAE 1,116,864 (counted by hand from the code), HVAE ~2.43 M, ConvHVAE ~2.21 M."""
     model = build_vae(ModelConfig(arch=arch), PriorConfig(name="gaussian"), torch.zeros(2, 784), (1, 28, 28))
     assert sum(p.numel() for p in model.parameters()) == count
 

@@ -64,7 +64,7 @@ class Budget:
         test_limit: evaluate on the first n test images (None: all).
         samples: importance samples per test image (the paper: 5000).
         candidates: exemplar prior: score each test image against its K nearest exemplars (a lower bound,
-            see ``evaluation.evaluate_density``); None: all N (exact, ~40x slower).
+            see ``evaluation.evaluate_density``); None: all N (exact, far slower; docs/speed.md).
         device: "auto", "cpu", "cuda", ...
         amp: mixed precision for training ("off", "bf16", "fp16").
     """

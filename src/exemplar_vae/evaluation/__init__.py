@@ -1,6 +1,6 @@
 """Evaluation: density estimation on held-out data (truncated and certified) and the representation probe."""
 
-from exemplar_vae.evaluation.density import evaluate_density
+from exemplar_vae.evaluation.density import evaluate_density, point_log_likelihoods
 from exemplar_vae.evaluation.representation import (
     DEFAULT_KS,
     encode_codes,
@@ -18,6 +18,7 @@ __all__ = [
     "evaluate_density",
     "knn_probe",
     "majority_vote",
+    "point_log_likelihoods",
     "probe_table",
     "tsne_plot",
 ]

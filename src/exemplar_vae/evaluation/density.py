@@ -95,6 +95,21 @@ def evaluate_density(
     return result
 
 
+@torch.no_grad()
+def point_log_likelihoods(
+    model: VAE, x: Tensor, config: EvalConfig | None = None, progress: bool = False
+) -> tuple[Tensor, Tensor]:
+    """Per-point importance-sampled log-likelihood and S-sample ELBO ([n] each, nats), scored as
+    ``evaluate_density`` scores them (same samples for the same ``config.seed`` and batch size, whatever
+    ``config.candidates``), so runs with different settings can be compared point by point."""
+    config = validate_eval(config if config is not None else EvalConfig())
+    model.eval()
+    model.prior.refresh(model.encoder)
+    scoring = PriorScoring(model.prior, model.encoder, config.candidates)
+    ll, elbo, _ = _score(model, x.to(model.device), config, scoring, progress, certify=False)
+    return ll, elbo
+
+
 def _batch_generator(model: VAE, seed: int, batch: int) -> torch.Generator:
     """The importance-sampling noise of batch ``batch``: the scoring pass and the exact re-scoring of
     ``_check_truncation`` draw from it, so they see the same samples."""

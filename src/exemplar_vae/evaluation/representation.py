@@ -1,6 +1,6 @@
 """Representations: kNN classification on encoder means, and a t-SNE map of the codes.
 
-The protocol of Norouzi et al. (2020), Sec. 5 (PAPER.md 2.4): a code is the encoder mean mu_phi(x) of a
+The protocol of Norouzi et al. (2020), Sec. 5 (docs/paper.md §8): a code is the encoder mean mu_phi(x) of a
 grey (non-binarised) image; the index holds the codes of the training images, the queries are the codes
 of the test images; distances are Euclidean; a query takes the majority label of its k nearest codes.
 The paper's index also holds the validation images (``include_val=True`` here).

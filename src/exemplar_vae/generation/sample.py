@@ -3,7 +3,7 @@
 Every function takes the model and returns pixel values in [0, 1] (Bernoulli means) laid out as a
 [rows, cols, D] grid, ready for ``viz.save_image_grid``. Randomness comes in through ``generator``.
 
-Cyclic generation (Norouzi et al. 2020, Sec. 5 and PAPER.md 2.6) starts from uniform noise and feeds each
+Cyclic generation (Norouzi et al. 2020, Sec. 5; docs/paper.md §10) starts from uniform noise and feeds each
 generation back as the next exemplar: x_{t+1} = decoder mean of z ~ r(z | x_t).
 """
 

@@ -1,7 +1,7 @@
 """The paper's ConvHVAE networks: gated convolutions in q(z2|x), q(z1|x, z2) and p(x|z1, z2).
 
 The architecture is that of Tomczak & Welling (2018, "VAE with a VampPrior"), used unchanged by
-Norouzi et al. (2020); see PAPER.md section 2.3. p(z1|z2) is the MLP one (``MLPConditionalPrior``).
+Norouzi et al. (2020); see docs/paper.md §5. p(z1|z2) is the MLP one (``MLPConditionalPrior``).
 
 Every network takes and returns FLATTENED vectors, like the rest of the package: an image is [B, D]
 with D = C * H * W in (C, H, W) order, reshaped to [B, C, H, W] inside. Two stride-2 convolutions

@@ -15,8 +15,8 @@ class GatedDense(nn.Module):
 
     The two maps keep their own parameters (``h`` and ``g``, as in the paper's code and in our checkpoints)
     but run as one product of twice the width followed by ``glu``: on a CPU one [rows, in] x [in, 2 out]
-    product runs markedly closer to the machine's matmul rate than two of width ``out`` (e.g. 147 against
-    103 GFLOP/s for in = out = 300 on 4,000 rows, 2 threads), and ``glu`` gates in one element-wise pass.
+    product runs markedly closer to the machine's matmul rate than two of width ``out`` (docs/speed.md),
+    and ``glu`` gates in one element-wise pass.
     Concatenating the weights costs one copy of them per call, small beside the product for the row
     counts of evaluation and retrieval (hundreds to thousands of rows).
 
@@ -61,7 +61,8 @@ def he_init(module: nn.Module) -> None:
 
 class GatedConv2d(nn.Module):
     """Gated convolution: h(x) * sigmoid(g(x)) with two convolutions of the same geometry, run as one
-    convolution of twice the channels (measured up to 18% faster on a CPU than two; see GatedDense).
+    convolution of twice the channels (one larger product runs closer to the machine's peak than two;
+    see GatedDense).
 
     Args:
         in_ch: input channels.

@@ -43,8 +43,8 @@ class VAE(nn.Module):
     prior: Prior
     # importance sampling decodes at most this many codes at once (see objectives.likelihood): on a CPU
     # a few thousand rows keep the [rows, D] temporaries small enough to be reused rather than freshly
-    # mapped on every chunk (measured ~30% faster than 20,000 rows for the MLP VAE on Fashion-MNIST); a
-    # GPU gets larger chunks. Convolutional decoders lower both to bound their memory (build.py).
+    # mapped on every chunk (docs/speed.md); a GPU gets larger chunks. Convolutional decoders lower both
+    # to bound their memory (build.py).
     eval_rows: int = 4000
     eval_rows_accelerator: int = 32000
     # whether ``lower_terms`` draws latents of its own below z (the importance sampler gives them their

@@ -28,7 +28,7 @@ from exemplar_vae.config import RunConfig
 from exemplar_vae.data import DataSplits, dynamic_binarize
 from exemplar_vae.errors import ExemplarVAEError
 from exemplar_vae.functional import kl_warmup
-from exemplar_vae.io import BEST, LAST, METRICS, atomic_write_text
+from exemplar_vae.io import BEST, LAST, METRICS, atomic_write_text, read_metrics
 from exemplar_vae.models.vae import VAE
 from exemplar_vae.objectives.elbo import ElboTerms, elbo_terms
 from exemplar_vae.training.checkpoint import load_checkpoint, save_checkpoint
@@ -178,8 +178,7 @@ class Trainer:
             torch.cuda.set_rng_state_all([s.cpu() for s in ckpt["cuda_rng"]])
         metrics_path = self.run_dir / METRICS
         if metrics_path.exists():  # keep the epochs the checkpoint has seen, drop any written after it
-            lines = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-            self.history = [m for m in lines if m["epoch"] <= self.state.epoch]
+            self.history = [m for m in read_metrics(self.run_dir) if m["epoch"] <= self.state.epoch]
             atomic_write_text(metrics_path, "".join(json.dumps(m) + "\n" for m in self.history))
         logger.info(
             "resumed from epoch %d (best validation loss %.3f)", self.state.epoch, self.state.best_val
@@ -201,29 +200,41 @@ class Trainer:
             dynamic_ncols=True,
         )
         for idx in bar:
-            idx = idx.to(self.device)
-            x = self.train_x[idx]  # [B, D]
-            if self.data.binary:
-                x = dynamic_binarize(x)  # [B, D] in {0, 1}
-            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                terms = self.loss(model, x, idx, beta, None)
-            if not torch.isfinite(terms.loss):
-                raise ExemplarVAEError(
-                    f"training diverged at epoch {epoch} (loss {terms.loss.item()}); try a smaller --lr"
-                )
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(terms.loss).backward()
-            self.scaler.unscale_(self.optimizer)  # no-op when the scaler is disabled
-            if t.optimizer == "adamnormgrad":
-                normalize_gradients(model.parameters())
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self._prior_fresh = False
+            terms = self.step(idx, beta, epoch)
             losses.append(terms.loss.item())
             recs.append(terms.rec.mean().item())
             kls.append(terms.kl.mean().item())
             bar.set_postfix(loss=f"{losses[-1]:.2f}")
         return {"train_loss": _mean(losses), "train_rec": _mean(recs), "train_kl": _mean(kls)}
+
+    def step(self, idx: Tensor, beta: float, epoch: int = 0) -> ElboTerms:
+        """One optimiser step on the training examples ``idx`` [B]: binarise (binary data), the loss with
+        KL weight ``beta``, backward, gradient normalisation (AdamNormGrad), update. The prior must be
+        ready (``train_epoch`` refreshes it at the start of an epoch). Returns the batch's ELBO terms.
+
+        Raises:
+            ExemplarVAEError: the loss is not finite (``epoch`` is named in the message).
+        """
+        model, t = self.model, self.config.train
+        idx = idx.to(self.device)
+        x = self.train_x[idx]  # [B, D]
+        if self.data.binary:
+            x = dynamic_binarize(x)  # [B, D] in {0, 1}
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            terms = self.loss(model, x, idx, beta, None)
+        if not torch.isfinite(terms.loss):
+            raise ExemplarVAEError(
+                f"training diverged at epoch {epoch} (loss {terms.loss.item()}); try a smaller --lr"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(terms.loss).backward()
+        self.scaler.unscale_(self.optimizer)  # no-op when the scaler is disabled
+        if t.optimizer == "adamnormgrad":
+            normalize_gradients(model.parameters())
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self._prior_fresh = False
+        return terms
 
     @torch.no_grad()
     def validate(self, batch_size: int = 500) -> dict[str, float]:

@@ -33,9 +33,9 @@ def build_optimizer(name: str, params: Iterable[nn.Parameter], lr: float) -> tor
     """Adam(0.9, 0.999, eps 1e-8) for both "adam" and "adamnormgrad" (the latter also needs
     ``normalize_gradients`` before each step, which the trainer does).
 
-    Torch's fused Adam (one kernel over every parameter) is used where this torch has it (CPU since torch
-    2.4, CUDA): the same update as the per-tensor loop, measured ~4x faster on the MLP VAE's 23 tensors on a
-    CPU (1.0 against 4.4 ms in isolation); elsewhere the per-tensor Adam."""
+    Torch's fused Adam (one kernel over every parameter) is used where this torch has it (CPU and CUDA in
+    recent versions): the same update as the per-tensor loop with far less per-tensor overhead (see
+    docs/speed.md); elsewhere the per-tensor Adam."""
     if name not in OPTIMIZER_NAMES:
         raise ConfigError(f"unknown optimizer '{name}'; valid: {', '.join(OPTIMIZER_NAMES)}")
     params = list(params)
