@@ -44,7 +44,7 @@ def batch_counts(model, prior: ExemplarPrior, x: torch.Tensor, idx: torch.Tensor
     z = reparameterize(mean, log_var, torch.randn(mean.shape, generator=gen, device=mean.device))
     subset = prior.draw_subset(gen)
     union = prior.retrieve(z, idx, subset)  # [U]
-    centers = model.encoder.mean(prior.exemplars[union])  # [U, d], current weights
+    centers = model.encoder.mean(prior.gather(union))  # [U, d], current weights
     log_k = exemplar_log_kernel(z, centers, prior.log_var)  # [B, U] float64
     log_k = log_k.masked_fill(leave_one_out_mask(idx, union), float("-inf"))
     resp = torch.softmax(log_k, dim=1)  # [B, U]

@@ -2,27 +2,67 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import math
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
 
-from exemplar_vae import load_dataset
+from exemplar_vae import PriorConfig, load_dataset
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train_eval.py"
+BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
-def bench():  # noqa: ANN201 - the benchmark script, imported as a module
-    spec = importlib.util.spec_from_file_location("bench_train_eval", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_train_eval"] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
+def bench_dir() -> Iterator[None]:
+    """benchmarks/ first on sys.path while this file runs, as when the script runs (its modules import
+    each other as siblings); they leave sys.modules afterwards, their names being generic."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(BENCH_DIR))
+        yield
+    for name, module in list(sys.modules.items()):
+        if Path(getattr(module, "__file__", None) or "/").parent == BENCH_DIR:
+            del sys.modules[name]
+
+
+@pytest.fixture(scope="module")
+def bench(bench_dir: None) -> ModuleType:
+    """The entry point (argument parsing and orchestration)."""
+    return importlib.import_module("bench_train_eval")
+
+
+@pytest.fixture(scope="module")
+def common_mod(bench_dir: None) -> ModuleType:
+    return importlib.import_module("common")
+
+
+@pytest.fixture(scope="module")
+def rates_mod(bench_dir: None) -> ModuleType:
+    return importlib.import_module("rates")
+
+
+@pytest.fixture(scope="module")
+def train_mod(bench_dir: None) -> ModuleType:
+    return importlib.import_module("train_rows")
+
+
+@pytest.fixture(scope="module")
+def eval_mod(bench_dir: None) -> ModuleType:
+    return importlib.import_module("eval_rows")
+
+
+@pytest.fixture(scope="module")
+def report_mod(bench_dir: None) -> ModuleType:
+    return importlib.import_module("report")
+
+
+@pytest.fixture(scope="module")
+def memory_mod(bench_dir: None) -> ModuleType:
+    return importlib.import_module("memory")
 
 
 @pytest.fixture(scope="module")
@@ -30,38 +70,40 @@ def digits():  # noqa: ANN201
     return load_dataset("digits")
 
 
-def test_flop_counts_follow_the_linear_layers(bench) -> None:  # noqa: ANN001
+def test_flop_counts_follow_the_linear_layers(rates_mod) -> None:  # noqa: ANN001
     net = torch.nn.Sequential(torch.nn.Linear(40, 300), torch.nn.ReLU(), torch.nn.Linear(300, 784))
-    assert bench.linear_flops(net) == 2 * (40 * 300 + 300 * 784)
-    assert bench.linear_flops(net, (net[2],)) == 2 * 40 * 300
-    assert bench.matmul_rate([(64, 32, 16)], repeats=1) > 0
+    assert rates_mod.linear_flops(net) == 2 * (40 * 300 + 300 * 784)
+    assert rates_mod.linear_flops(net, (net[2],)) == 2 * 40 * 300
+    assert rates_mod.matmul_rate([(64, 32, 16)], repeats=1) > 0
 
 
-def test_product_shapes_fuse_each_gated_layer_as_the_model_runs_it(bench) -> None:  # noqa: ANN001
+def test_product_shapes_fuse_each_gated_layer_as_the_model_runs_it(rates_mod) -> None:  # noqa: ANN001
     from exemplar_vae.models.decoders import MLPDecoder
 
     dec = MLPDecoder(40, 300, 784)
-    shapes = bench.product_shapes(dec, 7)
+    shapes = rates_mod.product_shapes(dec, 7)
     assert shapes == [(7, 40, 600), (7, 300, 600), (7, 300, 784)]
-    assert sum(2 * k * n for _, k, n in shapes) == bench.linear_flops(dec)  # same FLOPs, fewer products
+    assert sum(2 * k * n for _, k, n in shapes) == rates_mod.linear_flops(dec)  # same FLOPs, fewer products
 
 
-def test_quick_helpers_on_digits(bench, digits) -> None:  # noqa: ANN001
+def test_quick_helpers_on_digits(
+    bench, common_mod, rates_mod, train_mod, eval_mod, report_mod, digits
+) -> None:  # noqa: ANN001
     args = bench.parse_args(["--quick", "--dataset", "digits", "--no-memory", "--run", "none"])
     assert args.samples == 50 and args.run is None
-    model, _ = bench.fresh_model(bench.PriorConfig("gaussian"), args, digits)
-    rates = bench.measure_rates(model, args.chunk_rows, args.square, digits.data_dim, args.candidates)
+    model, _ = common_mod.fresh_model(PriorConfig("gaussian"), args, digits)
+    rates = rates_mod.measure_rates(model, args.chunk_rows, args.square, digits.data_dim, args.candidates)
     assert (
         rates.softplus_ns > 0 and rates.exp_ns > 0 and rates.encoder_mean_layers == rates.encoder_layers[:-1]
     )
     assert rates.decoder_flops > 0 and rates.encoder_mean_flops < rates.encoder_flops
     priors = [
-        (bench.PriorConfig("gaussian"), 3),
-        (bench.PriorConfig("exemplar", exemplars=500, knn=5), 3),
-        (bench.PriorConfig("exemplar", exemplars=500, knn=5, search="ivf", nprobe=4), 3),
-        (bench.PriorConfig("exemplar", exemplars=500, knn=0), 1),  # fewer steps than rounds
+        (PriorConfig("gaussian"), 3),
+        (PriorConfig("exemplar", exemplars=500, knn=5), 3),
+        (PriorConfig("exemplar", exemplars=500, knn=5, search="ivf", nprobe=4), 3),
+        (PriorConfig("exemplar", exemplars=500, knn=0), 1),  # fewer steps than rounds
     ]
-    rows = bench.bench_training(priors, args, digits, rates)  # 2 rounds, interleaved
+    rows = train_mod.bench_training(priors, args, digits, rates)  # 2 rounds, interleaved
     gauss, row, ivf, exact, official = rows
     # samples: at start, after preparation (round 1 starts), after round 1, after round 2
     samples = rates.decoder_samples
@@ -69,31 +111,31 @@ def test_quick_helpers_on_digits(bench, digits) -> None:  # noqa: ANN001
     assert rates.decoder_gflops == max(rates.decoder_samples)
     assert [len(r.step_s) for r in rows] == [3, 3, 3, 1, 2] and row.step_round == [0, 0, 1]
     assert exact.step_round == [0] and sorted(row.products_s) == [0, 1] and sorted(exact.products_s) == [0]
-    shapes = bench.step_products(row, rates, 100)
+    shapes = rates_mod.step_products(row, rates, 100)
     # forward + backward = 3x forward, less the first encoder layer's input gradient of both encoder passes
     first = 2 * rates.encoder_layers[0][0] * rates.encoder_layers[0][1]
-    assert sum(2 * m * k * n for m, k, n in shapes) == bench.step_floor_flops(row, rates, 100) - first * (
+    assert sum(2 * m * k * n for m, k, n in shapes) == rates_mod.step_floor_flops(row, rates, 100) - first * (
         100 + row.union
     )
     assert row.union is not None and 0 < row.union <= 100 * 6
     assert row.search_s is not None and row.validate_s is not None
     assert ivf.recall is not None and 0.0 < ivf.recall <= 1.0 and ivf.index_s is not None
     assert official.union is not None and 0 < official.union <= 100 * 10
-    assert bench.paired_ratio(official, row) > 0
-    lines = bench.training_report(rows, rates, args, digits)
+    assert train_mod.paired_ratio(official, row) > 0
+    lines = report_mod.training_report(rows, rates, args, digits)
     assert any(line.startswith("| exemplar, exact search | 5 |") for line in lines)
     assert any(line.startswith("| exemplar, ivf search (nprobe 4) | 5 |") for line in lines)
     assert any(line.startswith("| official-code style | 10 |") for line in lines)
     assert any("its step divided by ours" in line for line in lines)
     assert any(line.startswith("IVF search") and "recall" in line for line in lines)
 
-    eval_model, label = bench.evaluation_model(args, digits)
-    res = bench.bench_evaluation(eval_model, label, args, digits, rates)
+    eval_model, label = eval_mod.evaluation_model(args, digits)
+    res = eval_mod.bench_evaluation(eval_model, label, args, digits, rates)
     assert len(rates.decoder_samples) == 6 and res.local_gflops == max(rates.decoder_samples[4:6])
     assert res.points == args.eval_points and res.check_mean_error >= -1e-5
     assert all(math.isfinite(v) for v in res.official_ll)
     assert 0.0 <= res.certified["fraction_below_0.01"] <= 1.0
-    report = "\n".join(bench.evaluation_report(res, rates, args, digits))
+    report = "\n".join(report_mod.evaluation_report(res, rates, args, digits))
     assert (
         "official-code style" in report
         and "decoder-FLOP floor" in report
@@ -102,17 +144,17 @@ def test_quick_helpers_on_digits(bench, digits) -> None:  # noqa: ANN001
     assert any(line.startswith("| exemplar, exact search | 5 |") and line.count("|") == 15 for line in lines)
 
 
-def test_memory_job_reports_peak_rss(bench) -> None:  # noqa: ANN001
+def test_memory_job_reports_peak_rss(bench, memory_mod) -> None:  # noqa: ANN001
     args = bench.parse_args(["--quick", "--dataset", "digits", "--run", "none"])
-    out = bench.memory_job("eval", args)
+    out = memory_mod.memory_job("eval", args)
     assert out["job"] == "eval" and out["max_rss_mib"] > 10
 
 
-def test_unsteady_runs_are_flagged(bench) -> None:  # noqa: ANN001
+def test_unsteady_runs_are_flagged(rates_mod, report_mod) -> None:  # noqa: ANN001
     import argparse
 
     args = argparse.Namespace(square=2048, chunk_rows=4000)
-    steady = bench.Rates(100.0, [], [100.0, 90.0], 1, 1, 1, [], [], 1.0, 1.0)
-    unsteady = bench.Rates(100.0, [], [100.0, 70.0, 95.0], 1, 1, 1, [], [], 1.0, 1.0)
-    assert not any("warning" in line for line in bench.rates_report(steady, args))
-    assert any("varied 1.43x" in line for line in bench.rates_report(unsteady, args))
+    steady = rates_mod.Rates(100.0, [], [100.0, 90.0], 1, 1, 1, [], [], 1.0, 1.0)
+    unsteady = rates_mod.Rates(100.0, [], [100.0, 70.0, 95.0], 1, 1, 1, [], [], 1.0, 1.0)
+    assert not any("warning" in line for line in report_mod.rates_report(steady, args))
+    assert any("varied 1.43x" in line for line in report_mod.rates_report(unsteady, args))

@@ -208,7 +208,7 @@ def test_exact_log_prob_is_subset_mixture(loo: bool) -> None:
     codes = centers64(encoder, exemplars)
     g = gen(8)
     for _ in range(5):
-        subset = prior.draw_subset(g)
+        subset = prior.draw_subset(g).members()
         index, z = draw_queries(codes, g)
         index[:4] = subset[:4]  # some points surely inside the subset
         out = prior.exact_log_prob(z, encoder, index, subset)
@@ -234,7 +234,7 @@ def test_leave_one_out_never_lets_a_point_explain_itself(knn: int) -> None:
     encoder, exemplars = make_encoder(), make_exemplars()
     prior = make_prior(encoder, exemplars, m=15, knn=knn, log_var=-10.0)  # sigma ~ 7e-3
     codes = centers64(encoder, exemplars)
-    subset = prior.draw_subset(gen(9))
+    subset = prior.draw_subset(gen(9)).members()
     index = subset[:6]
     with torch.no_grad():
         z = encoder.mean(exemplars[index])  # exactly at each point's own exemplar code
@@ -273,7 +273,7 @@ def test_knn_log_prob_is_a_lower_bound_on_exact(knn: int) -> None:
     g = gen(11 + knn)
     strict = 0
     for _ in range(20):
-        subset = prior.draw_subset(g)
+        subset = prior.draw_subset(g).members()
         index, z = draw_queries(codes, g)
         index[:3] = subset[:3]
         with torch.no_grad():
@@ -300,7 +300,7 @@ def test_knn_log_prob_equals_exact_when_union_covers_subset(with_index: bool) ->
     codes = centers64(encoder, exemplars)
     g = gen(12)
     for _ in range(5):
-        subset = prior.draw_subset(g)
+        subset = prior.draw_subset(g).members()
         index, z = draw_queries(codes, g)
         index[:3] = subset[:3]
         idx = index if with_index else None
@@ -320,7 +320,7 @@ def test_retrieve_returns_true_nearest_non_self_neighbours(knn: int, loo: bool) 
     codes = ref.as64(prior.cache.get())
     g = gen(13)
     for _ in range(10):
-        subset = prior.draw_subset(g)
+        subset = prior.draw_subset(g).members()
         index, z = draw_queries(codes, g)
         index[:4] = subset[:4]
         union = set(prior.retrieve(z, index, subset).tolist())
@@ -338,7 +338,7 @@ def test_gradients_reach_log_var_and_encoder_through_exemplars(knn: int) -> None
     prior = make_prior(encoder, exemplars, m=15, knn=knn)
     codes = centers64(encoder, exemplars)
     g = gen(14)
-    subset = prior.draw_subset(g)
+    subset = prior.draw_subset(g).members()
     index, z = draw_queries(codes, g)
     index[:4] = subset[:4]
     z = z.detach()  # the only path to the encoder is through the re-encoded exemplars
@@ -380,7 +380,7 @@ def test_knn_gradients_equal_exact_gradients_when_union_covers_subset() -> None:
     m = 15
     prior = make_prior(encoder, exemplars, m=m, knn=m - 1)
     g = gen(15)
-    subset = prior.draw_subset(g)
+    subset = prior.draw_subset(g).members()
     index, z = draw_queries(centers64(encoder, exemplars), g)
     grads = []
     for fn in (prior.exact_log_prob, prior.knn_log_prob):
@@ -582,3 +582,30 @@ def test_truncated_scorer_is_lower_bound_on_full_prior(k: int) -> None:
     prior.train()
     with pytest.raises(ValueError, match="index"):
         PriorScoring(prior, encoder, k).scorer(mean)(z)
+
+
+@pytest.mark.parametrize("knn", [0, 4])
+def test_keyed_subset_gives_the_values_of_its_member_list(knn: int) -> None:
+    """The prior accepts the keyed subset itself (O(1) membership) or the tensor of its members: the
+    exact prior, the retrieved union and the kNN bound are the same, leave-one-out normaliser included."""
+    encoder, exemplars = make_encoder(), make_exemplars()
+    prior = make_prior(encoder, exemplars, m=15, knn=knn)
+    g = gen(31)
+    keyed = prior.draw_subset(g)
+    members = keyed.members()
+    assert len(keyed) == 15 and members.unique().numel() == 15
+    index, z = draw_queries(ref.as64(prior.cache.get()), g)
+    index[:4] = members[:4]
+    with torch.no_grad():
+        if knn == 0:
+            assert_close(
+                prior.exact_log_prob(z, encoder, index, keyed),
+                prior.exact_log_prob(z, encoder, index, members),
+            )
+        else:
+            assert torch.equal(prior.retrieve(z, index, keyed), prior.retrieve(z, index, members))
+            assert_close(
+                prior.knn_log_prob(z, encoder, index, keyed), prior.knn_log_prob(z, encoder, index, members)
+            )
+    counts = prior._normaliser(index, keyed)
+    assert counts.tolist() == loo_counts(index, members)

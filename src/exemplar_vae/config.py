@@ -99,6 +99,8 @@ class TrainConfig:
         device: "cpu", "cuda", "cuda:1", or "auto" (CUDA when available).
         amp: mixed precision for the training steps: "off", "bf16" or "fp16" (with a gradient scaler);
             validation and evaluation always run in float32.
+        max_steps: stop after this many optimiser steps in all (None: no limit); a run stopped inside an
+            epoch saves last.pt there and resumes from the next step.
     """
 
     epochs: int = 2000
@@ -110,6 +112,7 @@ class TrainConfig:
     seed: int = 14
     device: str = "auto"
     amp: str = "off"
+    max_steps: int | None = None
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from exemplar_vae import distributed
 from exemplar_vae.config import EvalConfig, RunConfig
 from exemplar_vae.data import DataSplits
 from exemplar_vae.errors import CheckpointError, ConfigError
@@ -58,12 +59,16 @@ def train(
         progress: show progress bars.
         data: already-loaded data matching ``config.data`` (optional).
 
+    Under torchrun (``torchrun --nproc_per_node=W ...``) every process calls this with the same
+    arguments; ``config.train.batch_size`` is the global batch, rank 0 writes the run folder.
+
     Returns:
         (the model with its best-validation weights, how training ended).
     """
     run_dir = Path(run_dir) if run_dir is not None else None
     if resume and run_dir is None:
         raise ConfigError("resume needs a run folder")
+    distributed.start(config.train.device)  # joins a torchrun launch; nothing in a single process
     if run_dir is not None:
         if resume:
             if not (run_dir / LAST).is_file():
@@ -77,19 +82,24 @@ def train(
         config, data = prepare(config)
     else:
         config = validate(config, data.num_train)
-    device = resolve_device(config.train.device)
+    if distributed.world_size() > data.num_train:
+        raise ConfigError(f"{distributed.world_size()} processes for {data.num_train} training examples")
+    device = resolve_device(distributed.local_device(config.train.device))
     model = build_model(config, data, device)
     trainer = Trainer(model, data, config, run_dir, progress=progress)
     if run_dir is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        config.save(run_dir / CONFIG)
+        distributed.barrier()  # every rank has checked the folder before rank 0 writes into it
+        if distributed.is_main():
+            run_dir.mkdir(parents=True, exist_ok=True)
+            config.save(run_dir / CONFIG)
+        distributed.barrier()
         if resume:
             trainer.resume()
     logger.info("training %s prior on %s: %s", config.prior.name, data.name, data.summary())
     result = trainer.fit()
     if run_dir is not None and (run_dir / BEST).is_file():
         model.load_state_dict(load_checkpoint(run_dir / BEST, map_location=device)["model"])
-        if result.history:
+        if result.history and distributed.is_main():
             plot_training_curves(trainer.history, run_dir / "curves.png")
     return model, result
 

@@ -52,7 +52,7 @@ def prepare(config: RunConfig) -> tuple[RunConfig, DataSplits]:
 
 def build_model(config: RunConfig, data: DataSplits, device: torch.device | str = "cpu") -> VAE:
     """A fresh VAE with the prior named in ``config``, its exemplar set the training images of ``data``."""
-    return build_vae(config.model, config.prior, data.train_x, data.image_shape, data.binary).to(device)
+    return build_vae(config.model, config.prior, data.train_store, data.image_shape, data.binary).to(device)
 
 
 def load_run_config(run_dir: str | Path) -> RunConfig:
@@ -184,7 +184,7 @@ def load_run(
     except RuntimeError as e:
         raise CheckpointError(f"checkpoint in {run_dir} does not match its config: {e}") from e
     if extra is not None:
-        model.prior.set_exemplars(torch.cat([data.train_x, extra]))  # [N + n_extra, D]
+        model.prior.set_exemplars(data.train_store.concat(extra))  # [N + n_extra, D]
         logger.info("exemplar set: %d training + %d extra images", data.num_train, extra.shape[0])
     model.eval()
     if refresh:

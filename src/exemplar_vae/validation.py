@@ -56,6 +56,8 @@ def validate(config: RunConfig, num_train: int | None = None) -> RunConfig:
     for what, value in positive.items():
         if value < 1:
             raise ConfigError(f"{what} must be at least 1, got {value}")
+    if t.max_steps is not None and t.max_steps < 1:
+        raise ConfigError(f"--max-steps must be at least 1, got {t.max_steps}")
     if not t.lr > 0:
         raise ConfigError(f"learning rate (--lr) must be positive, got {t.lr}")
     if t.warmup < 0 or t.early_stopping < 0:

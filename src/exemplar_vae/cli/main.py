@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from exemplar_vae import __version__, pipeline, report
+from exemplar_vae import __version__, distributed, pipeline, report
 from exemplar_vae.cli import ablate, downstream, explore, reproduce
 from exemplar_vae.config import EvalConfig, RunConfig
 from exemplar_vae.errors import ExemplarVAEError
@@ -64,7 +64,8 @@ TRAIN_FLAGS: dict[str, tuple[str, str, type, str]] = {
         int,
         "patience in epochs after warm-up; 0 = off (paper: 50)",
     ),
-    "--batch-size": ("train", "batch_size", int, "minibatch size (paper: 100)"),
+    "--batch-size": ("train", "batch_size", int, "minibatch size, over all processes (paper: 100)"),
+    "--max-steps": ("train", "max_steps", int, "stop after this many optimiser steps (resumable)"),
     "--lr": ("train", "lr", float, "learning rate (paper: 5e-4)"),
     "--optimizer": ("train", "optimizer", str, "adamnormgrad (paper, default) or adam"),
     "--seed": ("train", "seed", int, "random seed"),
@@ -226,12 +227,12 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     if args.binarize is not None:
         given["data"]["binarize"] = args.binarize
     if args.resume:
-        allowed = {"epochs", "device", "early_stopping"}
+        allowed = {"epochs", "device", "early_stopping", "max_steps"}
         changed = {n for s in given.values() for n in s} - allowed
         if changed:
             raise ExemplarVAEError(
-                f"--resume continues the saved configuration; only --epochs, --early-stopping and --device "
-                f"may change (got {', '.join(sorted(changed))})"
+                f"--resume continues the saved configuration; only --epochs, --early-stopping, --max-steps and "
+                f"--device may change (got {', '.join(sorted(changed))})"
             )
     new = {k: replace(v, **given[k]) for k, v in sections.items()}
     return RunConfig(**new)
@@ -247,7 +248,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         "best_val_loss": result.best_val_loss,
         "stopped_early": result.stopped_early,
     }
-    print(json.dumps(summary))
+    if distributed.is_main():
+        print(json.dumps(summary))
     return 0
 
 
@@ -261,6 +263,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         args.run_dir, config, args.device, progress=not args.no_progress, extra_exemplars=args.exemplars,
         add_val_exemplars=args.add_val_exemplars, out=args.out,
     )  # fmt: skip
+    if not distributed.is_main():
+        return 0
     if args.json:
         print(json.dumps(result))
     else:
@@ -327,8 +331,9 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    launch = distributed.Launch.from_env()  # under torchrun only rank 0 logs progress and prints results
     logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
+        level=logging.WARNING if args.quiet or launch.rank > 0 else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
@@ -343,6 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        distributed.stop()
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ from exemplar_vae.data.splits import (
     take_train,
     validation_size,
 )
+from exemplar_vae.data.store import ExemplarStore, as_tensor
 
 __all__ = [
     "DATASETS",
@@ -95,4 +96,6 @@ __all__ = [
     "set_binarization",
     "take_train",
     "validation_size",
+    "ExemplarStore",
+    "as_tensor",
 ]

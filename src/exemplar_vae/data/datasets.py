@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from exemplar_vae.data.store import ExemplarStore
 from exemplar_vae.errors import DataError
 
 __all__ = [
@@ -49,8 +51,9 @@ class DataSplits:
         name: the dataset's name ("fashion-mnist", "mnist", "digits", "omniglot", "celeba", an .npz
             file's stem, or an image folder's name).
         image_shape: (C, H, W) of one example; C * H * W == D.
-        train_x: [N, D] float32 grey values in [0, 1]. These are the exemplars; training batches
-            are binarised from them on the fly when ``binary`` is True.
+        train_x: [N, D] float32 grey values in [0, 1], as a tensor or as an ``ExemplarStore`` (uint8,
+            possibly memory-mapped: a million exemplars without a float copy). These are the exemplars;
+            training batches are binarised from them on the fly when ``binary`` is True.
         train_y: [N] int64 labels, -1 where unlabelled.
         val_x: [Nv, D] float32; in {0, 1} when ``binary`` (binarised once with a fixed seed), else
             8-bit values k/255.
@@ -68,7 +71,7 @@ class DataSplits:
 
     name: str
     image_shape: tuple[int, int, int]
-    train_x: Tensor
+    train_x: Tensor | ExemplarStore
     train_y: Tensor
     val_x: Tensor
     val_y: Tensor
@@ -96,6 +99,15 @@ class DataSplits:
                     f"{self.name}: {split}_grey has shape {tuple(grey.shape)}, expected {tuple(x.shape)} "
                     f"(the shape of {split}_x)"
                 )
+
+    @cached_property
+    def train_store(self) -> ExemplarStore:
+        """The training inputs as the one ``ExemplarStore`` that training and the exemplar prior share:
+        ``train_x`` itself when it is a store, else a compact (uint8) copy when every value is k/255,
+        else a float32 view of it (no copy)."""
+        if isinstance(self.train_x, ExemplarStore):
+            return self.train_x
+        return ExemplarStore.from_tensor(self.train_x)
 
     @property
     def data_dim(self) -> int:

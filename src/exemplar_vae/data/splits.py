@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from exemplar_vae.data.datasets import DataSplits, check_8bit, fixed_binarize
+from exemplar_vae.data.store import as_tensor
 from exemplar_vae.errors import ConfigError, DataError
 
 __all__ = [
@@ -204,7 +205,7 @@ def _to_8bit(splits: DataSplits) -> DataSplits:
             f"{splits.name}: binarize=False needs the grey validation and test images, which this loader "
             "did not keep"
         )
-    parts = {"training": splits.train_x, "validation": splits.val_grey, "test": splits.test_grey}
+    parts = {"training": as_tensor(splits.train_x), "validation": splits.val_grey, "test": splits.test_grey}
     for what, x in parts.items():
         check_8bit(x, f"{splits.name}: the {what} images")
     if all(bool(((x == 0) | (x == 1)).all()) for x in parts.values()):
@@ -219,7 +220,8 @@ def _to_8bit(splits: DataSplits) -> DataSplits:
 
 def _pairs(splits: DataSplits) -> tuple[Pair, Pair, Pair]:
     """((train_x, train_y), (val_x, val_y), (test_x, test_y))."""
-    return (splits.train_x, splits.train_y), (splits.val_x, splits.val_y), (splits.test_x, splits.test_y)
+    train = (as_tensor(splits.train_x), splits.train_y)
+    return train, (splits.val_x, splits.val_y), (splits.test_x, splits.test_y)
 
 
 def set_binarization(splits: DataSplits, binarize: bool | None) -> DataSplits:

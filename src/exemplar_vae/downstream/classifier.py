@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from exemplar_vae.data import DATASETS, DataSplits, canonical_name, load_dataset
+from exemplar_vae.data import DATASETS, DataSplits, as_tensor, canonical_name, load_dataset
 from exemplar_vae.downstream.augment import ExemplarAugmenter, check_output
 from exemplar_vae.errors import ConfigError, DataError
 from exemplar_vae.generation import check_temperature
@@ -147,7 +147,7 @@ def train_classifier(
         net = build_classifier(data.data_dim, hidden, classes).to(dev)
     order = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=MOMENTUM)
-    x_train, y_train = data.train_x.to(dev), data.train_y.to(dev)  # [N, D], [N]
+    x_train, y_train = as_tensor(data.train_x).to(dev), data.train_y.to(dev)  # [N, D], [N]
     n = x_train.shape[0]
     start = time.perf_counter()
     epoch_loss = float("nan")

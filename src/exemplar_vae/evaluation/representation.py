@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from exemplar_vae.data import DataSplits
+from exemplar_vae.data import DataSplits, ExemplarStore, as_tensor
 from exemplar_vae.errors import ConfigError
 from exemplar_vae.models.vae import VAE
 from exemplar_vae.retrieval import encode_means, knn_search
@@ -28,9 +28,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_KS = (1, 3, 5, 7, 9, 11, 13, 15)
 
 
-def encode_codes(model: VAE, x: Tensor, batch_size: int = 2000) -> Tensor:
+def encode_codes(model: VAE, x: Tensor | ExemplarStore, batch_size: int = 2000) -> Tensor:
     """Encoder means mu_phi(x), without gradient, in batches: [N, D] -> [N, d] on the model's device."""
-    return encode_means(model.encoder, x.to(model.device), batch_size)
+    return encode_means(model.encoder, x, batch_size, device=model.device)
 
 
 def majority_vote(neighbour_labels: Tensor, k: int) -> Tensor:
@@ -114,7 +114,7 @@ def knn_probe(
     index_x, index_y = data.train_x, _labels_or_error(data.train_y, "training", data.name)
     if include_val:
         val_x = data.val_grey if data.val_grey is not None else data.val_x
-        index_x = torch.cat([index_x, val_x])
+        index_x = torch.cat([as_tensor(index_x), val_x])
         index_y = torch.cat([index_y, _labels_or_error(data.val_y, "validation", data.name)])
     test_y = _labels_or_error(data.test_y, "test", data.name)
     ks = _check_ks(ks, index_x.shape[0])

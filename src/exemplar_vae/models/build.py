@@ -15,6 +15,7 @@ from collections.abc import Callable
 from torch import Tensor
 
 from exemplar_vae.config import ModelConfig, PriorConfig
+from exemplar_vae.data.store import ExemplarStore
 from exemplar_vae.errors import ConfigError
 from exemplar_vae.models.decoders import MLPConditionalPrior, MLPDecoder, MLPHierarchicalDecoder
 from exemplar_vae.models.encoders import MLPEncoder, MLPZ1Encoder
@@ -79,7 +80,7 @@ ARCHITECTURES: dict[str, Builder] = {"mlp": build_mlp, "hvae": build_hvae, "conv
 def build_vae(
     model: ModelConfig,
     prior: PriorConfig,
-    exemplars: Tensor,
+    exemplars: Tensor | ExemplarStore,
     image_shape: tuple[int, ...],
     binary: bool = True,
 ) -> VAE:

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from exemplar_vae.functional import full_precision, log_normal_diag, reparameterize
 from exemplar_vae.interfaces import ConditionalEncoder, Encoder
 from exemplar_vae.models.observation import Observation
-from exemplar_vae.models.vae import VAE, LowerTerms
+from exemplar_vae.models.vae import VAE, LowerTerms, StepNoise
 from exemplar_vae.priors import Prior
 
 
@@ -38,6 +38,7 @@ class HierarchicalVAE(VAE):
         prior: p(z2).
         image_shape: (C, H, W).
         observation: how data is scored (default Bernoulli).
+        lower_dim: d1, the size of z1 (None: d2, as in the paper's models).
     """
 
     z1_encoder: ConditionalEncoder
@@ -52,9 +53,11 @@ class HierarchicalVAE(VAE):
         prior: Prior,
         image_shape: tuple[int, ...],
         observation: Observation | None = None,
+        lower_dim: int | None = None,
     ):
         super().__init__(encoder, decoder, prior, image_shape, observation)
         self.z1_encoder, self.z1_prior = z1_encoder, z1_prior
+        self.lower_dim = lower_dim if lower_dim is not None else prior.latent_dim  # d1
 
     def decode(self, z: Tensor, z1: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
         """p(x|z1, z2) parameters for top codes z [n, d2]; z1 drawn from p(z1|z2) when not given."""
@@ -68,9 +71,18 @@ class HierarchicalVAE(VAE):
         """The picture of top codes z2 [n, d2]: z1 ~ p(z1|z2), then the mean of p(x|z1, z2): [n, D]."""
         return self.observation.mean(self.decode(z, generator=generator))
 
-    def lower_terms(self, x: Tensor, z: Tensor, generator: torch.Generator | None = None) -> LowerTerms:
+    def draw_noise(self, batch: int, generator: torch.Generator | None = None) -> StepNoise:
+        """The noise of ``batch`` single-sample ELBO terms: z2's, then z1's (the order ``elbo_terms``
+        draws them in when none is given)."""
+        z = torch.randn((batch, self.latent_dim), device=self.device, generator=generator)
+        lower = torch.randn((batch, self.lower_dim), device=self.device, generator=generator)
+        return StepNoise(z, lower)
+
+    def lower_terms(
+        self, x: Tensor, z: Tensor, generator: torch.Generator | None = None, noise: Tensor | None = None
+    ) -> LowerTerms:
         """log p(x|z1,z2) and log q(z1|x,z2) - log p(z1|z2), z1 ~ q(z1|x,z2), for z2 = z [..., B, d2]
-        drawn for inputs x [B, D]: -> [..., B] each."""
+        drawn for inputs x [B, D]: -> [..., B] each. ``noise`` [..., B, d1] replaces z1's draw."""
         lead, b = z.shape[:-1], x.shape[0]
         h = self.z1_encoder.features(x)  # [B, F], once per input
         z2 = z.reshape(-1, z.shape[-1])  # [R, d2], R = prod(lead), rows ordered (..., B)
@@ -78,7 +90,10 @@ class HierarchicalVAE(VAE):
         h_rows = h.unsqueeze(0).expand(reps, *h.shape).reshape(-1, h.shape[-1])  # [R, F]
         x_rows = x.unsqueeze(0).expand(reps, *x.shape).reshape(-1, x.shape[-1])  # [R, D]
         q_mean, q_log_var = (full_precision(t) for t in self.z1_encoder.head(h_rows, z2))  # [R, d1]
-        eps = torch.randn(q_mean.shape, dtype=q_mean.dtype, device=q_mean.device, generator=generator)
+        if noise is None:
+            eps = torch.randn(q_mean.shape, dtype=q_mean.dtype, device=q_mean.device, generator=generator)
+        else:
+            eps = noise.reshape(q_mean.shape).to(q_mean.dtype)
         z1 = reparameterize(q_mean, q_log_var, eps)  # [R, d1]
         p_mean, p_log_var = (full_precision(t) for t in self.z1_prior(z2))  # [R, d1]
         kl_lower = log_normal_diag(z1, q_mean, q_log_var) - log_normal_diag(z1, p_mean, p_log_var)  # [R]

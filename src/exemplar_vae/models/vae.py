@@ -24,6 +24,14 @@ class LowerTerms(NamedTuple):
     kl_lower: Tensor  # [...] log q(z_lower | x, z) - log p(z_lower | z), one draw; 0 for a one-layer VAE
 
 
+class StepNoise(NamedTuple):
+    """The standard normal noise of one single-sample ELBO, drawn ahead (``VAE.draw_noise``) so that a
+    batch split over processes uses the rows of one global draw."""
+
+    z: Tensor  # [B, d] for the top latent
+    lower: Tensor | None  # [B, d_lower] for the latents below it; None for a one-layer VAE
+
+
 class VAE(nn.Module):
     """A VAE with one stochastic layer z and a pluggable prior p(z).
 
@@ -88,8 +96,16 @@ class VAE(nn.Module):
         """The picture of top-level codes: [n, d] -> mean of p(x|z) [n, D], values in [0, 1]."""
         return self.observation.mean(self.decode(z))
 
-    def lower_terms(self, x: Tensor, z: Tensor, generator: torch.Generator | None = None) -> LowerTerms:
-        """log p(x|z) for codes z [..., B, d] drawn for inputs x [B, D]: -> [..., B] (kl_lower = 0)."""
+    def draw_noise(self, batch: int, generator: torch.Generator | None = None) -> StepNoise:
+        """The noise of ``batch`` single-sample ELBO terms, in the order the ELBO would draw it."""
+        z = torch.randn((batch, self.latent_dim), device=self.device, generator=generator)
+        return StepNoise(z, None)
+
+    def lower_terms(
+        self, x: Tensor, z: Tensor, generator: torch.Generator | None = None, noise: Tensor | None = None
+    ) -> LowerTerms:
+        """log p(x|z) for codes z [..., B, d] drawn for inputs x [B, D]: -> [..., B] (kl_lower = 0).
+        ``generator`` and ``noise`` are for models with latents below z."""
         log_px = self.observation.log_prob(x, full_precision(self.decode(z)))
         return LowerTerms(log_px, torch.zeros_like(log_px))
 

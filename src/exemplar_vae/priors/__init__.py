@@ -7,6 +7,7 @@ from collections.abc import Callable
 from torch import Tensor
 
 from exemplar_vae.config import PriorConfig
+from exemplar_vae.data.store import ExemplarStore
 from exemplar_vae.errors import ConfigError
 from exemplar_vae.priors.base import Prior
 from exemplar_vae.priors.exemplar import ExemplarPrior
@@ -14,7 +15,7 @@ from exemplar_vae.priors.gaussian import GaussianPrior
 from exemplar_vae.priors.mog import MoGPrior
 from exemplar_vae.priors.vampprior import VampPrior
 
-PriorFactory = Callable[[PriorConfig, int, Tensor], Prior]
+PriorFactory = Callable[[PriorConfig, int, Tensor | ExemplarStore], Prior]
 
 PRIORS: dict[str, PriorFactory] = {
     "gaussian": lambda cfg, latent_dim, exemplars: GaussianPrior(latent_dim),
@@ -26,7 +27,7 @@ PRIORS: dict[str, PriorFactory] = {
 }
 
 
-def build_prior(config: PriorConfig, latent_dim: int, exemplars: Tensor) -> Prior:
+def build_prior(config: PriorConfig, latent_dim: int, exemplars: Tensor | ExemplarStore) -> Prior:
     """Make the prior named in ``config``.
 
     Args:

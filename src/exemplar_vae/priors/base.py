@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from exemplar_vae.data.store import ExemplarStore
 from exemplar_vae.errors import ConfigError
 from exemplar_vae.interfaces import Encoder
 
@@ -32,7 +33,13 @@ class Prior(nn.Module):
         super().__init__()
         self.latent_dim = latent_dim
 
-    def log_prob(self, z: Tensor, encoder: Encoder, index: Tensor | None = None) -> Tensor:
+    def log_prob(
+        self,
+        z: Tensor,
+        encoder: Encoder,
+        index: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
         """log p(z) in nats.
 
         Args:
@@ -40,6 +47,8 @@ class Prior(nn.Module):
             encoder: the VAE's encoder (used by priors built from encoded inputs).
             index: [B] dataset indices of the points the codes came from (drives leave-one-out during
                 training; ignored by priors that have no use for it).
+            generator: randomness of the training-time form (the exemplar prior's subset); None: torch's
+                global generator.
 
         Returns:
             [B] log-densities.
@@ -71,12 +80,12 @@ class Prior(nn.Module):
         """
         return None
 
-    def exemplar_set(self) -> Tensor | None:
+    def exemplar_set(self) -> ExemplarStore | None:
         """The [N, D] inputs the prior is built on (the exemplar prior's exemplars); None for a prior
         without an exemplar set."""
         return None
 
-    def set_exemplars(self, exemplars: Tensor) -> None:
+    def set_exemplars(self, exemplars: Tensor | ExemplarStore) -> None:
         """Replace the prior's exemplar set (add new data without retraining). Only a prior built on
         exemplars has one; the others refuse."""
         raise ConfigError(f"the {type(self).__name__} has no exemplar set to replace")

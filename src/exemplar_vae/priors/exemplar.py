@@ -9,7 +9,8 @@ Training forms (Norouzi et al. 2020, Sec. 3):
 * leave-one-out: a training point's own exemplar is masked out (-inf) and the mixture is divided by the
   number of exemplars left;
 * exemplar subsampling: every minibatch draws a fresh random subset of M of the N exemplars (without
-  replacement, the paper's definition);
+  replacement, the paper's definition), as the first M of a keyed pseudo-random permutation
+  (``priors.subset``): membership is an O(1) test, so a retrieval step does no O(N) work;
 * exact mode (k = 0): the M exemplars are encoded with gradient and the full M-component mixture is used;
 * retrieval augmented training (k > 0): the k codes nearest to each z among the M-subset are found in a
   cache of all exemplar codes (refreshed by the training loop, stale within an epoch); the union of the
@@ -30,6 +31,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from exemplar_vae import distributed
+from exemplar_vae.data.store import ExemplarStore
 from exemplar_vae.errors import ConfigError
 from exemplar_vae.functional import (
     isotropic_log_kernel,
@@ -40,7 +43,9 @@ from exemplar_vae.functional import (
 )
 from exemplar_vae.interfaces import Encoder
 from exemplar_vae.priors.base import KernelMixture, Prior
-from exemplar_vae.retrieval import CodeCache, SubsetSearch, check_search
+from exemplar_vae.priors.subset import KeyedSubset
+from exemplar_vae.retrieval import CodeCache, Subset, SubsetSearch, check_search
+from exemplar_vae.retrieval.search import subset_size
 
 
 def check_exemplar_counts(n: int, m: int, knn: int) -> None:
@@ -150,7 +155,8 @@ class ExemplarPrior(Prior):
     """Parzen-window prior over encoded exemplars, with leave-one-out, subsampling and retrieval.
 
     Args:
-        exemplars: [N, D] exemplar inputs (the grey training images); not saved in checkpoints.
+        exemplars: [N, D] exemplar inputs (the grey training images), a tensor or an ``ExemplarStore``
+            (shared with the training loop); not saved in checkpoints.
         latent_dim: d.
         num_exemplars: M, exemplars drawn per minibatch during training (None: N // 2).
         knn: k neighbours per point for retrieval augmented training; 0 for the exact prior over M.
@@ -164,7 +170,7 @@ class ExemplarPrior(Prior):
 
     def __init__(
         self,
-        exemplars: Tensor,
+        exemplars: Tensor | ExemplarStore,
         latent_dim: int,
         num_exemplars: int | None = None,
         knn: int = 10,
@@ -182,81 +188,130 @@ class ExemplarPrior(Prior):
         self.num_exemplars, self.knn, self.leave_one_out = m, knn, leave_one_out
         self.searcher = SubsetSearch(search, nprobe, nlist, search_backend)
         self.log_var = nn.Parameter(torch.zeros(()))  # log sigma^2, one scalar for all exemplars and dims
-        self.register_buffer("exemplars", exemplars, persistent=False)  # [N, D]
+        # [N, D] exemplar inputs, held once (uint8 where they are 8-bit), not saved in checkpoints; rows
+        # are gathered by id and moved to the prior's device
+        self.store = (
+            exemplars
+            if isinstance(exemplars, ExemplarStore)
+            else ExemplarStore.from_tensor(exemplars, compact=False)
+        )
         self.cache = CodeCache()
 
     # -- exemplar set -------------------------------------------------------------------------------
     @property
     def num_total(self) -> int:
         """N, the size of the exemplar set."""
-        return self.exemplars.shape[0]
+        return self.store.num_rows
 
-    def exemplar_set(self) -> Tensor:
+    @property
+    def exemplars(self) -> Tensor:
+        """The [N, D] exemplar inputs as one float32 tensor (read whole from the store: for small sets;
+        training gathers rows with ``store.gather``)."""
+        return self.store.float()
+
+    def exemplar_set(self) -> ExemplarStore:
         """The [N, D] exemplar inputs."""
-        return self.exemplars
+        return self.store
 
-    def set_exemplars(self, exemplars: Tensor) -> None:
+    def set_exemplars(self, exemplars: Tensor | ExemplarStore) -> None:
         """Replace the exemplar set (e.g. add new data without retraining); invalidates the cache."""
         if exemplars.ndim != 2 or exemplars.shape[0] < 1:
             raise ConfigError(
                 f"exemplars must be a non-empty [N, D] tensor, got shape {tuple(exemplars.shape)}"
             )
-        self.exemplars = exemplars.to(self.log_var.device)
+        self.store = (
+            exemplars if isinstance(exemplars, ExemplarStore) else ExemplarStore.from_tensor(exemplars)
+        )
         self.cache.invalidate()
+
+    def gather(self, ids: Tensor) -> Tensor:
+        """Exemplar inputs by dataset index: [J] -> [J, D] float32 on the prior's device."""
+        return self.store.gather(ids).to(self.log_var.device)
 
     def refresh(self, encoder: Encoder) -> None:
         """Encode all exemplars into the code cache (an explicit call from the training loop)."""
-        self.cache.refresh(encoder, self.exemplars)
+        self.cache.refresh(encoder, self.store, self.log_var.device)
 
     # -- training-time pieces ------------------------------------------------------------------------
-    def draw_subset(self, generator: torch.Generator | None = None) -> Tensor:
-        """M distinct exemplar indices, uniformly at random: [M] int64."""
-        perm = torch.randperm(self.num_total, device=self.exemplars.device, generator=generator)
-        return perm[: self.num_exemplars]
+    def draw_subset(self, generator: torch.Generator | None = None) -> KeyedSubset:
+        """M distinct exemplars, uniformly at random: a keyed permutation's first M (``KeyedSubset``),
+        with O(1) membership tests and no O(N) work; its key is one draw from ``generator``."""
+        g = generator if generator is not None else torch.default_generator
+        return KeyedSubset.draw(self.num_total, self.num_exemplars, g)
 
-    def _normaliser(self, index: Tensor | None, subset: Tensor) -> Tensor:
+    def _members(self, subset: Tensor | Subset) -> Tensor:
+        """The subset's [M] dataset indices on the exemplars' device."""
+        ids = subset if isinstance(subset, Tensor) else subset.members()
+        return ids.to(self.log_var.device)
+
+    def _normaliser(self, index: Tensor | None, subset: Tensor | Subset) -> Tensor:
         """Number of exemplars each point's mixture is averaged over: M, or M - 1 if it left itself out."""
-        m = torch.full((1,), float(subset.shape[0]), dtype=torch.float64, device=subset.device)
+        size = subset.shape[0] if isinstance(subset, Tensor) else subset_size(subset)
+        device = self.log_var.device
+        m = torch.full((1,), float(size), dtype=torch.float64, device=device)
         if index is None or not self.leave_one_out:
             return m
-        member = torch.zeros(self.num_total, dtype=torch.bool, device=subset.device)
-        member[subset] = True
-        return m - member[index].double()  # [B]
+        inside = torch.isin(index, subset) if isinstance(subset, Tensor) else subset.contains(index)  # [B]
+        return m - inside.to(device).double()  # [B]
 
     def _left_out(self, index: Tensor | None) -> Tensor | None:
         """The indices leave-one-out masks, or None when nothing is masked."""
         return index if self.leave_one_out else None
 
-    def exact_log_prob(self, z: Tensor, encoder: Encoder, index: Tensor | None, subset: Tensor) -> Tensor:
-        """log p(z) over every exemplar of ``subset``, encoded with gradient: [B, d] -> [B]."""
-        centers = encoder.mean(self.exemplars[subset])  # [M, d]
-        count = self._normaliser(index, subset)
-        return exemplar_mixture_log_prob(z, centers, subset, self.log_var, count, self._left_out(index))
+    def encode_with_grad(self, encoder: Encoder, ids: Tensor) -> Tensor:
+        """mu_phi of the exemplars ``ids`` [J] with gradient: [J, d]. In a distributed run every rank
+        passes the same ids, encodes its shard and the codes are gathered with autograd, so each
+        exemplar is encoded once and receives the gradient of every rank's loss."""
+        mine = distributed.shard(ids)  # [J / W] this rank's part
+        return distributed.gather_rows_with_grad(encoder.mean(self.gather(mine)))  # [J, d]
 
-    def retrieve(self, z: Tensor, index: Tensor | None, subset: Tensor) -> Tensor:
+    def exact_log_prob(
+        self, z: Tensor, encoder: Encoder, index: Tensor | None, subset: Tensor | Subset
+    ) -> Tensor:
+        """log p(z) over every exemplar of ``subset``, encoded with gradient: [B, d] -> [B]."""
+        ids = self._members(subset)  # [M]
+        centers = self.encode_with_grad(encoder, ids)  # [M, d]
+        count = self._normaliser(index, subset)
+        return exemplar_mixture_log_prob(z, centers, ids, self.log_var, count, self._left_out(index))
+
+    def retrieve(self, z: Tensor, index: Tensor | None, subset: Tensor | Subset) -> Tensor:
         """Indices of the exemplars whose cached codes are nearest to each z within the subset.
 
         Each point gets k neighbours other than itself (k + 1 are fetched under leave-one-out), and the
-        union over the batch is returned: [U] int64 dataset indices.
+        union over the batch (over every rank's rows in a distributed run) is returned: [U] int64 dataset
+        indices, sorted.
         """
-        k = min(self.knn + (1 if self.leave_one_out and index is not None else 0), subset.shape[0])
-        found = self.searcher.neighbours(z, subset, self.cache.get(), k)  # [B, k] dataset indices
-        return torch.unique(found.reshape(-1))  # [U]
+        size = subset.shape[0] if isinstance(subset, Tensor) else subset_size(subset)
+        k = min(self.knn + (1 if self.leave_one_out and index is not None else 0), size)
+        if z.shape[0] > 0:
+            found = self.searcher.neighbours(z, subset, self.cache.get(), k)  # [B, k] dataset indices
+        else:  # this rank's share of a small last batch is empty; it still joins the union below
+            found = torch.zeros((0, k), dtype=torch.int64, device=z.device)
+        # every rank's neighbours: the same union everywhere (sorted, as one process would form it)
+        return torch.unique(distributed.gather_rows(found.reshape(-1)))  # [U]
 
-    def knn_log_prob(self, z: Tensor, encoder: Encoder, index: Tensor | None, subset: Tensor) -> Tensor:
+    def knn_log_prob(
+        self, z: Tensor, encoder: Encoder, index: Tensor | None, subset: Tensor | Subset
+    ) -> Tensor:
         """Retrieval lower bound on ``exact_log_prob``: the mixture over the retrieved union only."""
         union = self.retrieve(z, index, subset)  # [U]
-        centers = encoder.mean(self.exemplars[union])  # [U, d], re-encoded with gradient
+        centers = self.encode_with_grad(encoder, union)  # [U, d], re-encoded with gradient
         count = self._normaliser(index, subset)
         return knn_lower_bound(z, centers, union, self.log_var, count, self._left_out(index))
 
     # -- the Prior interface -------------------------------------------------------------------------
-    def log_prob(self, z: Tensor, encoder: Encoder, index: Tensor | None = None) -> Tensor:
+    def log_prob(
+        self,
+        z: Tensor,
+        encoder: Encoder,
+        index: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
         if not self.training:
             return self.full_log_prob(z)
         if self.leave_one_out and index is None:
             raise ValueError("leave-one-out training needs the dataset index of every point")
-        subset = self.draw_subset()
+        subset = self.draw_subset(generator)
         if self.knn == 0:
             return self.exact_log_prob(z, encoder, index, subset)
         return self.knn_log_prob(z, encoder, index, subset)

@@ -19,7 +19,13 @@ class GaussianPrior(Prior):
         super().__init__(latent_dim)
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)  # carries dtype and device
 
-    def log_prob(self, z: Tensor, encoder: Encoder, index: Tensor | None = None) -> Tensor:
+    def log_prob(
+        self,
+        z: Tensor,
+        encoder: Encoder,
+        index: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
         return log_normal_standard(z)  # [B]
 
     def sample(

@@ -23,7 +23,13 @@ class MoGPrior(Prior):
         self.means = nn.Parameter(torch.randn(components, latent_dim))
         self.log_vars = nn.Parameter(torch.zeros(components, latent_dim))
 
-    def log_prob(self, z: Tensor, encoder: Encoder, index: Tensor | None = None) -> Tensor:
+    def log_prob(
+        self,
+        z: Tensor,
+        encoder: Encoder,
+        index: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
         return diag_mixture_log_prob(z, self.means, self.log_vars)  # [B]
 
     def sample(

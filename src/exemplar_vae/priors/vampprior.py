@@ -31,7 +31,13 @@ class VampPrior(Prior):
         """u_k in [0, 1]: [K, D]."""
         return F.hardtanh(self.pseudo_raw, 0.0, 1.0)
 
-    def log_prob(self, z: Tensor, encoder: Encoder, index: Tensor | None = None) -> Tensor:
+    def log_prob(
+        self,
+        z: Tensor,
+        encoder: Encoder,
+        index: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
         means, log_vars = encoder(self.pseudo_inputs())  # [K, d], [K, d]
         return diag_mixture_log_prob(z, means, log_vars)  # [B]
 

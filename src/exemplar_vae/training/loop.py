@@ -1,12 +1,15 @@
 """The training loop: epochs, KL warm-up, validation, early stopping, checkpoints, resume.
 
 The loop drives any ``VAE`` with the loss it is given (default ``objectives.elbo_terms``): it calls
-``loss(model, x, index, beta)`` for the ELBO terms and
+``loss(model, x, index, beta, generator, noise)`` for the ELBO terms and
 ``model.prior.refresh(model.encoder)`` at the start of every epoch and before validation (the exemplar
-prior re-encodes its exemplar cache there; the other priors do nothing). Batches are index tensors drawn
-from a seeded permutation; ``BatchSampler`` takes ``rank``/``world_size`` so each process of a
-torch.distributed run can take its shard of the same permutation (wrap the model in
-DistributedDataParallel and write files from rank 0 only).
+prior re-encodes its exemplar cache there; the other priors do nothing).
+
+Every step's batch and randomness are keyed: the epoch's order is a permutation seeded by (seed, epoch)
+and the step's binarisation, noise and exemplar subset come from a generator seeded by (seed, epoch,
+step), drawn for the whole batch. So a run split over W processes (``exemplar_vae.distributed``: each rank
+takes its rows of every batch, the gradients are summed over ranks) computes the updates of one process
+with the same global batch, and a resumed run continues as if it had not stopped.
 """
 
 from __future__ import annotations
@@ -24,18 +27,19 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from exemplar_vae import distributed
 from exemplar_vae.config import RunConfig
 from exemplar_vae.data import DataSplits, dynamic_binarize
 from exemplar_vae.errors import ExemplarVAEError
 from exemplar_vae.functional import kl_warmup
 from exemplar_vae.io import BEST, LAST, METRICS, atomic_write_text, read_metrics
-from exemplar_vae.models.vae import VAE
+from exemplar_vae.models.vae import VAE, StepNoise
 from exemplar_vae.objectives.elbo import ElboTerms, elbo_terms
 from exemplar_vae.training.checkpoint import load_checkpoint, save_checkpoint
 from exemplar_vae.training.optim import build_optimizer, load_optimizer_state, normalize_gradients
 
-# (model, x [B, D], dataset indices [B] or None, beta, generator or None) -> ElboTerms
-Loss = Callable[[VAE, Tensor, Tensor | None, float, torch.Generator | None], ElboTerms]
+# (model, x [B, D], dataset indices [B] or None, beta, generator or None, noise or None) -> ElboTerms
+Loss = Callable[[VAE, Tensor, Tensor | None, float, torch.Generator | None, StepNoise | None], ElboTerms]
 
 AMP_DTYPES: dict[str, torch.dtype | None] = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -43,35 +47,49 @@ logger = logging.getLogger(__name__)
 
 
 class BatchSampler:
-    """Minibatches of dataset indices from a permutation seeded by (seed, epoch).
+    """Global minibatches of dataset indices from a permutation seeded by (seed, epoch).
+
+    Every process of a distributed run sees the same batches and takes its rows of each
+    (``distributed.shard``), so all ranks run the same number of steps whatever N, W and the batch size.
 
     Args:
         n: dataset size.
-        batch_size: examples per batch (per process).
+        batch_size: examples per batch (global: over all processes).
         seed: base seed; epoch e uses seed * 100003 + e.
-        rank, world_size: this process's shard of every permutation (torch.distributed).
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
-        self.n, self.batch_size, self.seed, self.rank, self.world_size = n, batch_size, seed, rank, world_size
+    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+        self.n, self.batch_size, self.seed = n, batch_size, seed
 
     def batches(self, epoch: int) -> list[Tensor]:
         g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
-        perm = torch.randperm(self.n, generator=g)[self.rank :: self.world_size]  # [n / world]
-        return list(perm.split(self.batch_size))
+        return list(torch.randperm(self.n, generator=g).split(self.batch_size))  # [B] each
 
     def __len__(self) -> int:
-        return math.ceil(math.ceil(self.n / self.world_size) / self.batch_size)
+        return math.ceil(self.n / self.batch_size)
+
+
+def step_seed(seed: int, epoch: int, step: int) -> int:
+    """The seed of one step's generator: a 63-bit mix of (seed, epoch, step) (splitmix64 finaliser)."""
+    x = (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + step * 0x94D049BB133111EB) % 2**64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) % 2**64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) % 2**64
+    return (x ^ (x >> 31)) >> 1
 
 
 @dataclass
 class LoopState:
-    """What a resumed run needs besides the weights."""
+    """What a resumed run needs besides the weights.
+
+    ``epoch`` counts finished epochs; ``epoch_step`` the steps already taken in the next one (non-zero
+    only when ``max_steps`` stopped a run inside an epoch); ``step`` all optimiser steps."""
 
     epoch: int = 0
     best_val: float = math.inf
     best_epoch: int = 0
     bad_epochs: int = 0
+    step: int = 0
+    epoch_step: int = 0
 
 
 class Callback:
@@ -101,14 +119,16 @@ class Trainer:
 
     Args:
         model: the VAE (already on its device).
-        data: the splits; for binary data (``data.binary``) training batches are binarised dynamically
-            from ``data.train_x``, 8-bit data is used as it is.
+        data: the splits; training batches are gathered from ``data.train_store`` (binary data,
+            ``data.binary``, is binarised afresh each step; 8-bit data is used as it is).
         config: the full, validated run configuration (saved in every checkpoint).
         run_dir: folder for checkpoints and metrics.jsonl; None trains in memory.
         callbacks: extra hooks.
         progress: show a tqdm bar per epoch.
         loss: the objective, ``elbo_terms`` by default (any function with its signature).
-        rank, world_size: for torch.distributed (files are written by rank 0 only).
+
+    Under torchrun (``exemplar_vae.distributed``) every rank builds the same Trainer; ``batch_size`` is
+    the global batch, rank 0 writes the files and the others wait for it.
     """
 
     def __init__(
@@ -119,18 +139,17 @@ class Trainer:
         run_dir: str | Path | None = None,
         callbacks: Sequence[Callback] = (),
         progress: bool = True,
-        rank: int = 0,
-        world_size: int = 1,
         loss: Loss = elbo_terms,
     ) -> None:
         self.model, self.data, self.config, self.loss = model, data, config, loss
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.callbacks, self.progress, self.is_main = list(callbacks), progress, rank == 0
+        self.callbacks, self.progress, self.is_main = list(callbacks), progress, distributed.is_main()
+        self.world_size = distributed.world_size()
         t = config.train
         self.device = model.device
-        self.train_x = data.train_x.to(self.device)
+        self.train_store = data.train_store  # the training inputs, shared with the exemplar prior
         self.val_x = data.val_x.to(self.device)
-        self.sampler = BatchSampler(self.train_x.shape[0], t.batch_size, t.seed, rank, world_size)
+        self.sampler = BatchSampler(data.num_train, t.batch_size, t.seed)
         self.optimizer = build_optimizer(t.optimizer, model.parameters(), t.lr)
         # mixed precision for the training steps only (validation and evaluation stay float32)
         self.amp_dtype = AMP_DTYPES[t.amp]
@@ -147,6 +166,8 @@ class Trainer:
             "config": self.config.to_dict(),
             "loop": vars(self.state).copy(),
             "rng": torch.get_rng_state(),
+            "world_size": self.world_size,
+            "batch_size": self.config.train.batch_size,
         }
         if torch.cuda.is_available():
             payload["cuda_rng"] = torch.cuda.get_rng_state_all()
@@ -167,6 +188,11 @@ class Trainer:
             raise ExemplarVAEError(
                 f"{self.run_dir / LAST} was trained with a different data/model/prior configuration"
             )
+        if ckpt.get("batch_size", saved.train.batch_size) != self.config.train.batch_size:
+            raise ExemplarVAEError(
+                f"{self.run_dir / LAST} was trained with a global batch of {saved.train.batch_size}; resume it "
+                f"with the same --batch-size (got {self.config.train.batch_size}); the number of processes may change"
+            )
         self.model.load_state_dict(ckpt["model"])
         load_optimizer_state(self.optimizer, ckpt["optimizer"])
         self.state = LoopState(**ckpt["loop"])
@@ -179,91 +205,135 @@ class Trainer:
         metrics_path = self.run_dir / METRICS
         if metrics_path.exists():  # keep the epochs the checkpoint has seen, drop any written after it
             self.history = [m for m in read_metrics(self.run_dir) if m["epoch"] <= self.state.epoch]
-            atomic_write_text(metrics_path, "".join(json.dumps(m) + "\n" for m in self.history))
+            if self.is_main:
+                atomic_write_text(metrics_path, "".join(json.dumps(m) + "\n" for m in self.history))
+            distributed.barrier()
         logger.info(
             "resumed from epoch %d (best validation loss %.3f)", self.state.epoch, self.state.best_val
         )
 
     # -- one epoch -----------------------------------------------------------------------------------
     def train_epoch(self, epoch: int, beta: float) -> dict[str, float]:
-        """One pass over the training set; returns mean loss, rec and kl."""
-        model, t = self.model, self.config.train
+        """One pass over the training set (from step ``state.epoch_step`` when resuming inside the epoch,
+        up to ``max_steps``); returns the mean loss, rec and kl over the epoch's steps (global batches)."""
+        model, t, s = self.model, self.config.train, self.state
         model.train()
         if not self._prior_fresh:  # validation of the previous epoch already refreshed it for these weights
             model.prior.refresh(model.encoder)  # explicit: the exemplar prior re-encodes its cache here
-        losses, recs, kls = [], [], []
+        batches = self.sampler.batches(epoch)
+        sums = []  # per step: global sums of loss, rec, kl over the batch, and its size
         bar = tqdm(
-            self.sampler.batches(epoch),
+            range(s.epoch_step, len(batches)),
             desc=f"epoch {epoch}/{t.epochs}",
             leave=False,
             disable=not (self.progress and self.is_main),
             dynamic_ncols=True,
         )
-        for idx in bar:
-            terms = self.step(idx, beta, epoch)
-            losses.append(terms.loss.item())
-            recs.append(terms.rec.mean().item())
-            kls.append(terms.kl.mean().item())
-            bar.set_postfix(loss=f"{losses[-1]:.2f}")
-        return {"train_loss": _mean(losses), "train_rec": _mean(recs), "train_kl": _mean(kls)}
+        for i in bar:
+            if t.max_steps is not None and s.step >= t.max_steps:
+                break
+            sums.append(self.step(batches[i], beta, epoch, i))
+            s.step, s.epoch_step = s.step + 1, i + 1
+            bar.set_postfix(loss=f"{float(sums[-1][0] / sums[-1][3]):.2f}")
+        if s.epoch_step >= len(batches):
+            s.epoch_step = 0  # the epoch is finished
+        if not sums:
+            return {"train_loss": math.nan, "train_rec": math.nan, "train_kl": math.nan}
+        per_step = torch.stack(sums).double()  # [steps, 4]
+        mean = (per_step[:, :3] / per_step[:, 3:]).mean(0)  # mean over steps of each batch's mean
+        return {"train_loss": float(mean[0]), "train_rec": float(mean[1]), "train_kl": float(mean[2])}
 
-    def step(self, idx: Tensor, beta: float, epoch: int = 0) -> ElboTerms:
-        """One optimiser step on the training examples ``idx`` [B]: binarise (binary data), the loss with
-        KL weight ``beta``, backward, gradient normalisation (AdamNormGrad), update. The prior must be
-        ready (``train_epoch`` refreshes it at the start of an epoch). Returns the batch's ELBO terms.
+    def step(self, idx: Tensor, beta: float, epoch: int = 0, step: int = 0) -> Tensor:
+        """One optimiser step on the global batch ``idx`` [B] (this rank computes its rows): binarise
+        (binary data), the loss with KL weight ``beta``, backward, the gradients summed over ranks,
+        gradient normalisation (AdamNormGrad), update. The batch's randomness comes from the generator
+        keyed by (seed, ``epoch``, ``step``), drawn for the whole batch on every rank. The prior must be
+        ready (``train_epoch`` refreshes it at the start of an epoch).
+
+        Returns:
+            [4] the global batch's summed loss, rec and kl (nats) and its size (identical on every rank).
 
         Raises:
             ExemplarVAEError: the loss is not finite (``epoch`` is named in the message).
         """
         model, t = self.model, self.config.train
         idx = idx.to(self.device)
-        x = self.train_x[idx]  # [B, D]
+        g = torch.Generator(device=self.device).manual_seed(step_seed(t.seed, epoch, step))
+        x = self.train_store.gather(idx).to(self.device)  # [B, D], the global batch
         if self.data.binary:
-            x = dynamic_binarize(x)  # [B, D] in {0, 1}
+            x = dynamic_binarize(x, g)  # [B, D] in {0, 1}
+        noise = model.draw_noise(idx.shape[0], g)
+        rows = distributed.shard(torch.arange(idx.shape[0], device=self.device))  # this rank's rows
+        mine = StepNoise(noise.z[rows], noise.lower[rows] if noise.lower is not None else None)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            terms = self.loss(model, x, idx, beta, None)
-        if not torch.isfinite(terms.loss):
-            raise ExemplarVAEError(
-                f"training diverged at epoch {epoch} (loss {terms.loss.item()}); try a smaller --lr"
-            )
+            terms = self.loss(model, x[rows], idx[rows], beta, g, mine)
+        # this rank's share of the global batch mean: summed over ranks, the gradient of the mean
+        loss = (terms.rec + beta * terms.kl).sum() / idx.shape[0]
+        if self.world_size == 1:
+            loss = terms.loss  # the loss's own mean (the same value, one reduction fewer)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(terms.loss).backward()
+        self.scaler.scale(loss).backward()
+        distributed.all_reduce_gradients(model.parameters())
+        sums = torch.stack(
+            [(terms.rec + beta * terms.kl).sum(), terms.rec.sum(), terms.kl.sum(), loss.new_tensor(0.0)]
+        ).detach()
+        sums = distributed.all_reduce_sum(sums)
+        sums[3] = idx.shape[0]
+        if not torch.isfinite(sums[0]):
+            raise ExemplarVAEError(
+                f"training diverged at epoch {epoch} (loss {float(sums[0] / sums[3])}); try a smaller --lr"
+            )
         self.scaler.unscale_(self.optimizer)  # no-op when the scaler is disabled
         if t.optimizer == "adamnormgrad":
             normalize_gradients(model.parameters())
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self._prior_fresh = False
-        return terms
+        return sums
 
     @torch.no_grad()
     def validate(self, batch_size: int = 500) -> dict[str, float]:
-        """Negative ELBO (beta = 1, full prior, fixed noise) on the validation split."""
+        """Negative ELBO (beta = 1, full prior, fixed noise) on the validation split.
+
+        The noise of every batch is drawn in order from one generator on every rank; each rank scores a
+        contiguous block of whole batches and the per-example terms are gathered, so the figures do not
+        depend on the number of processes."""
         model = self.model
         model.eval()
         if not self._prior_fresh:
             model.prior.refresh(model.encoder)
             self._prior_fresh = True
         g = torch.Generator(device=self.device).manual_seed(12345)
+        batches = self.val_x.split(batch_size)
+        mine = set(distributed.shard(torch.arange(len(batches))).tolist())
         rec, kl = [], []
-        for xb in self.val_x.split(batch_size):
-            terms = self.loss(model, xb, None, 1.0, g)
-            rec.append(terms.rec)
-            kl.append(terms.kl)
-        r, k = torch.cat(rec), torch.cat(kl)
+        for j, xb in enumerate(batches):
+            noise = model.draw_noise(xb.shape[0], g)  # drawn on every rank: the stream stays the same
+            if j in mine:
+                terms = self.loss(model, xb, None, 1.0, g, noise)
+                rec.append(terms.rec)
+                kl.append(terms.kl)
+        empty = self.val_x.new_zeros(0)
+        r = distributed.gather_rows(torch.cat(rec) if rec else empty)
+        k = distributed.gather_rows(torch.cat(kl) if kl else empty)
         return {"val_loss": float((r + k).mean()), "val_rec": float(r.mean()), "val_kl": float(k.mean())}
 
     # -- the loop ------------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
-        """Train until ``epochs`` or early stopping; returns how it ended."""
+        """Train until ``epochs``, early stopping or ``max_steps``; returns how it ended."""
         t, s = self.config.train, self.state
         stopped = bool(t.early_stopping) and s.bad_epochs >= t.early_stopping  # resumed after it stopped
         for epoch in range(s.epoch + 1, t.epochs + 1) if not stopped else ():
+            if t.max_steps is not None and s.step >= t.max_steps:
+                break
             start = time.perf_counter()
             beta = kl_warmup(epoch, t.warmup)
             metrics: dict[str, Any] = {"epoch": epoch, **self.train_epoch(epoch, beta)}
+            if s.epoch_step > 0:  # max_steps stopped the run inside the epoch: save where it stands
+                self._save_partial(epoch)
+                break
             metrics.update(self.validate())
-            metrics.update(beta=beta, seconds=round(time.perf_counter() - start, 3))
+            metrics.update(beta=beta, seconds=round(time.perf_counter() - start, 3), step=s.step)
             metrics.update(self.model.prior.extra_metrics())
             s.epoch = epoch
             improved = metrics["val_loss"] < s.best_val
@@ -281,19 +351,33 @@ class Trainer:
             )  # fmt: skip
             for cb in self.callbacks:
                 cb.on_epoch_end(self, metrics)
-            if t.early_stopping and s.bad_epochs >= t.early_stopping:
+            # rank 0 decides (every rank holds the same figures; the decision must be one)
+            if distributed.broadcast_flag(bool(t.early_stopping) and s.bad_epochs >= t.early_stopping):
                 logger.info("early stopping: %d epochs without improvement", s.bad_epochs)
                 stopped = True
                 break
         return TrainResult(s.epoch, s.best_epoch, s.best_val, stopped, self.history)
 
     def _write(self, metrics: dict[str, Any], improved: bool) -> None:
-        if self.run_dir is None or not self.is_main:
-            return
-        # metrics first: a resume drops metric lines newer than last.pt, so a crash in between is harmless
-        with open(self.run_dir / METRICS, "a") as f:
-            f.write(json.dumps(metrics) + "\n")
-        payload = self._payload()
-        if improved:
-            save_checkpoint(self.run_dir / BEST, payload)
-        save_checkpoint(self.run_dir / LAST, payload)
+        if self.run_dir is not None and self.is_main:
+            # metrics first: a resume drops metric lines newer than last.pt, so a crash in between is harmless
+            with open(self.run_dir / METRICS, "a") as f:
+                f.write(json.dumps(metrics) + "\n")
+            payload = self._payload()
+            if improved:
+                save_checkpoint(self.run_dir / BEST, payload)
+            save_checkpoint(self.run_dir / LAST, payload)
+        distributed.barrier()  # the other ranks wait until the files are written
+
+    def _save_partial(self, epoch: int) -> None:
+        """last.pt of a run stopped by ``max_steps`` inside ``epoch`` (no metrics line: the epoch has not
+        ended). A resume continues the epoch from the next step, with the cache refreshed at resume."""
+        logger.info(
+            "max_steps=%d reached at step %d of epoch %d",
+            self.config.train.max_steps,
+            self.state.epoch_step,
+            epoch,
+        )
+        if self.run_dir is not None and self.is_main:
+            save_checkpoint(self.run_dir / LAST, self._payload())
+        distributed.barrier()

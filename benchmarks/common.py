@@ -1,0 +1,69 @@
+"""What every section of the benchmark shares: timing one call, the run's configuration, fresh models."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from exemplar_vae import DataConfig, DataSplits, ModelConfig, PriorConfig, RunConfig, TrainConfig
+from exemplar_vae.io import BEST
+from exemplar_vae.models.vae import VAE
+from exemplar_vae.runs import build_model
+from exemplar_vae.training.checkpoint import load_checkpoint
+from exemplar_vae.validation import validate
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued GPU work, so that a wall-clock reading covers it (no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds taken by one call of ``fn``."""
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def run_config(prior: PriorConfig, args: argparse.Namespace, num_train: int) -> RunConfig:
+    """The paper's MLP VAE and optimiser with ``prior``, validated against the data (resolves M)."""
+    config = RunConfig(
+        data=DataConfig(args.dataset, args.data_dir),
+        model=ModelConfig(),
+        prior=prior,
+        train=TrainConfig(batch_size=args.batch_size, seed=args.seed, device=str(args.device)),
+    )
+    return validate(config, num_train)
+
+
+def fresh_model(prior: PriorConfig, args: argparse.Namespace, data: DataSplits) -> tuple[VAE, RunConfig]:
+    """A newly initialised model (seeded by ``args.seed``) with ``prior``, and its validated config."""
+    torch.manual_seed(args.seed)
+    config = run_config(prior, args, data.num_train)
+    return build_model(config, data, args.device), config
+
+
+def load_trained_weights(model: VAE, args: argparse.Namespace) -> None:
+    """Load the weights of the trained run ``args.run`` (its best checkpoint) into ``model``."""
+    model.load_state_dict(load_checkpoint(Path(args.run) / BEST, map_location=args.device)["model"])
+
+
+def exemplar_count(args: argparse.Namespace, data: DataSplits) -> int:
+    """M, the exemplars drawn per training step: ``--exemplars``, else half the training set."""
+    return args.exemplars if args.exemplars is not None else data.num_train // 2
+
+
+def prior_label(p: PriorConfig) -> tuple[str, str, str]:
+    """(prior, k, M) columns of the tables."""
+    if p.name == "exemplar":
+        return p.name, str(p.knn) if p.knn else "exact", f"{p.exemplars:,}"
+    if p.name in ("mog", "vampprior"):
+        return p.name, "-", f"K={p.components}"
+    return p.name, "-", "-"

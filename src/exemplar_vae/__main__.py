@@ -1,0 +1,7 @@
+"""``python -m exemplar_vae``: the command line (also ``torchrun --nproc_per_node=W -m exemplar_vae ...``)."""
+
+import sys
+
+from exemplar_vae.cli.main import main
+
+sys.exit(main())
