@@ -88,13 +88,13 @@ def train(
     model = build_model(config, data, device)
     trainer = Trainer(model, data, config, run_dir, progress=progress)
     if run_dir is not None:
+        if resume:  # everything the checkpoint must agree with is checked before a file is touched
+            trainer.resume()
         distributed.barrier()  # every rank has checked the folder before rank 0 writes into it
         if distributed.is_main():
             run_dir.mkdir(parents=True, exist_ok=True)
             config.save(run_dir / CONFIG)
         distributed.barrier()
-        if resume:
-            trainer.resume()
     logger.info("training %s prior on %s: %s", config.prior.name, data.name, data.summary())
     result = trainer.fit()
     if run_dir is not None and (run_dir / BEST).is_file():
@@ -121,7 +121,8 @@ def evaluate_run(
     ``extra_exemplars`` and ``add_val_exemplars`` enlarge the exemplar set without retraining (see
     ``runs.load_run``); the result records "exemplars" (the number in use), "train_examples",
     "extra_exemplars" (0 when none were added) and "extra_exemplar_sources". ``out`` writes the JSON
-    elsewhere than RUN_DIR/evaluation.json.
+    elsewhere than RUN_DIR/evaluation.json. Under torchrun every process scores its share of the test
+    points (the figures equal one process's) and rank 0 writes the file.
     """
     config = validate_eval(config if config is not None else EvalConfig())
     if add_val_exemplars and config.split == "val":
@@ -130,9 +131,10 @@ def evaluate_run(
         )
     if out is not None and Path(out).suffix.lower() != ".json":
         raise ConfigError(f"--out must be a .json file, got '{out}'")
+    distributed.start(device)  # under torchrun the test points are split across the processes
     model, data, run_config = load_run(
-        run_dir, device=device, extra_exemplars=extra_exemplars, add_val_exemplars=add_val_exemplars,
-        refresh=False,  # evaluate_density refreshes the prior
+        run_dir, device=distributed.local_device(device), extra_exemplars=extra_exemplars,
+        add_val_exemplars=add_val_exemplars, refresh=False,  # evaluate_density refreshes the prior
     )  # fmt: skip
     x = data.test_x if config.split == "test" else data.val_x
     if config.limit is not None:
@@ -146,7 +148,9 @@ def evaluate_run(
         extra_exemplars=in_use - data.num_train,
         extra_exemplar_sources=extra_sources(data, extra_exemplars, add_val_exemplars),
     )  # fmt: skip
-    atomic_write_json(Path(out) if out is not None else Path(run_dir) / EVALUATION, result)
+    if distributed.is_main():
+        atomic_write_json(Path(out) if out is not None else Path(run_dir) / EVALUATION, result)
+    distributed.barrier()
     return result
 
 

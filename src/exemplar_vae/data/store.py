@@ -114,7 +114,7 @@ class ExemplarStore:
         x = x.detach()
         if not compact:
             return cls(x.to(torch.float32).contiguous())
-        codes = torch.empty(x.shape, dtype=torch.uint8, device=x.device) if compact else None
+        codes: Tensor | None = torch.empty(x.shape, dtype=torch.uint8, device=x.device)
         step = _block_rows(x.shape[1])
         for start in range(0, x.shape[0], step):
             block = x[start : start + step].to(torch.float32)

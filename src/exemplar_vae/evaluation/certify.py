@@ -19,6 +19,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from exemplar_vae import distributed
 from exemplar_vae.evaluation.truncation import candidate_log_prob
 from exemplar_vae.functional import isotropic_log_normaliser, squared_distances
 from exemplar_vae.priors.base import KernelMixture
@@ -307,6 +308,16 @@ class CertifyStats:
     evaluated: float = 0.0  # exact kernel evaluations / S beyond the kept candidates
     nodes: int = 0  # tree nodes bounded
     seconds: float = 0.0
+
+    def summed_over_ranks(self) -> CertifyStats:
+        """The work of every rank of a distributed evaluation (seconds: the slowest rank's)."""
+        if not distributed.active():
+            return self
+        t = torch.tensor([self.points, self.evaluated, self.nodes], dtype=torch.float64)
+        distributed.all_reduce_sum(t)
+        slowest = torch.tensor([self.seconds], dtype=torch.float64)
+        torch.distributed.all_reduce(slowest, op=torch.distributed.ReduceOp.MAX)
+        return CertifyStats(int(t[0]), float(t[1]), int(t[2]), float(slowest[0]))
 
 
 class TruncationBounds:

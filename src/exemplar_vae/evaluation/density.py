@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from exemplar_vae import distributed
 from exemplar_vae.config import EvalConfig
 from exemplar_vae.evaluation.scoring import PriorScoring
 from exemplar_vae.functional import bits_per_dim, log_mean_exp
@@ -78,7 +79,7 @@ def evaluate_density(
         result["candidates"] = config.candidates
         if upper is not None:
             gap = (upper - ll).double()  # [n] certified bound on each point's truncation error
-            stats = scoring.stats
+            stats = scoring.stats.summed_over_ranks()
             result["certified"] = {
                 "mean_bound": float(gap.mean()),
                 "max_bound": float(gap.max()),
@@ -121,12 +122,14 @@ def _score(
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Per-example log-likelihood, ELBO and (``certify``) a certified upper bound on the full-prior
     log-likelihood estimate; batch b's noise has its own generator, so any batch can be re-scored with the
-    same importance samples."""
+    same importance samples, and a distributed run (each rank a contiguous block of batches, gathered)
+    gives the figures of one process."""
     lls, elbos, uppers = [], [], []
     s = config.samples
     batches = x.split(config.batch_size)
-    for b, xb in enumerate(tqdm(batches, desc=f"log-likelihood (S={s})", disable=not progress, leave=False)):
-        g = _batch_generator(model, config.seed, b)
+    mine = distributed.shard(torch.arange(len(batches))).tolist()
+    for b in tqdm(mine, desc=f"log-likelihood (S={s})", disable=not progress, leave=False):
+        xb, g = batches[b], _batch_generator(model, config.seed, b)
         if certify:
             lo, up = log_weight_bounds(model, xb, s, generator=g, prior_bounds=scoring.bounds)  # [S, B] each
             lls.append(log_mean_exp(lo, 0))
@@ -136,7 +139,11 @@ def _score(
             est = importance_sampled_log_likelihood(model, xb, s, generator=g, prior_scorer=scoring.scorer)
             lls.append(est.log_likelihood)
             elbos.append(est.elbo)
-    return torch.cat(lls), torch.cat(elbos), (torch.cat(uppers) if certify else None)
+    empty = x.new_zeros(0, dtype=torch.float64)
+    ll = distributed.gather_rows(torch.cat(lls).double() if lls else empty)
+    elbo = distributed.gather_rows(torch.cat(elbos).double() if elbos else empty)
+    upper = distributed.gather_rows(torch.cat(uppers).double() if uppers else empty) if certify else None
+    return ll, elbo, upper
 
 
 def _check_truncation(model: VAE, x: Tensor, truncated_ll: Tensor, config: EvalConfig) -> dict[str, Any]:
@@ -149,21 +156,17 @@ def _check_truncation(model: VAE, x: Tensor, truncated_ll: Tensor, config: EvalC
     n, bs = min(x.shape[0], config.check_exact), config.batch_size
     full = PriorScoring(model.prior, model.encoder)  # no truncation
     start = time.perf_counter()
+    batches = x.split(bs)[: math.ceil(n / bs)]  # the batches holding the first n points
     exact = []
-    for b, xb in enumerate(x.split(bs)):
-        if b * bs >= n:
-            break
+    for b in distributed.shard(torch.arange(len(batches))).tolist():
         g = _batch_generator(model, config.seed, b)
+        columns = min(batches[b].shape[0], n - b * bs)
         w = log_weights(
-            model,
-            xb,
-            config.samples,
-            generator=g,
-            columns=min(xb.shape[0], n - b * bs),
-            prior_scorer=full.scorer,
+            model, batches[b], config.samples, generator=g, columns=columns, prior_scorer=full.scorer
         )
-        exact.append(log_mean_exp(w, 0))
-    diff = (torch.cat(exact) - truncated_ll[:n]).double()
+        exact.append(log_mean_exp(w, 0).double())
+    exact_ll = distributed.gather_rows(torch.cat(exact) if exact else x.new_zeros(0, dtype=torch.float64))
+    diff = (exact_ll - truncated_ll[:n]).double()
     return {
         "points": n,
         "max_error": float(diff.max()),

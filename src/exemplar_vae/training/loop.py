@@ -19,7 +19,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +90,8 @@ class LoopState:
     bad_epochs: int = 0
     step: int = 0
     epoch_step: int = 0
+    # per step of the unfinished epoch: the batch's summed loss, rec, kl and its size (for the epoch means)
+    epoch_sums: list[list[float]] = field(default_factory=list)
 
 
 class Callback:
@@ -190,8 +192,8 @@ class Trainer:
             )
         if ckpt.get("batch_size", saved.train.batch_size) != self.config.train.batch_size:
             raise ExemplarVAEError(
-                f"{self.run_dir / LAST} was trained with a global batch of {saved.train.batch_size}; resume it "
-                f"with the same --batch-size (got {self.config.train.batch_size}); the number of processes may change"
+                f"{self.run_dir / LAST} was trained with a global batch of {saved.train.batch_size}; resume "
+                f"it with that --batch-size (got {self.config.train.batch_size}; the process count may change)"
             )
         self.model.load_state_dict(ckpt["model"])
         load_optimizer_state(self.optimizer, ckpt["optimizer"])
@@ -221,7 +223,7 @@ class Trainer:
         if not self._prior_fresh:  # validation of the previous epoch already refreshed it for these weights
             model.prior.refresh(model.encoder)  # explicit: the exemplar prior re-encodes its cache here
         batches = self.sampler.batches(epoch)
-        sums = []  # per step: global sums of loss, rec, kl over the batch, and its size
+        sums = s.epoch_sums  # per step: global sums of loss, rec, kl over the batch, and its size
         bar = tqdm(
             range(s.epoch_step, len(batches)),
             desc=f"epoch {epoch}/{t.epochs}",
@@ -232,15 +234,15 @@ class Trainer:
         for i in bar:
             if t.max_steps is not None and s.step >= t.max_steps:
                 break
-            sums.append(self.step(batches[i], beta, epoch, i))
+            sums.append(self.step(batches[i], beta, epoch, i).tolist())
             s.step, s.epoch_step = s.step + 1, i + 1
-            bar.set_postfix(loss=f"{float(sums[-1][0] / sums[-1][3]):.2f}")
-        if s.epoch_step >= len(batches):
-            s.epoch_step = 0  # the epoch is finished
+            bar.set_postfix(loss=f"{sums[-1][0] / sums[-1][3]:.2f}")
         if not sums:
             return {"train_loss": math.nan, "train_rec": math.nan, "train_kl": math.nan}
-        per_step = torch.stack(sums).double()  # [steps, 4]
+        per_step = torch.tensor(sums, dtype=torch.float64)  # [steps, 4]
         mean = (per_step[:, :3] / per_step[:, 3:]).mean(0)  # mean over steps of each batch's mean
+        if s.epoch_step >= len(batches):
+            s.epoch_step, s.epoch_sums = 0, []  # the epoch is finished
         return {"train_loss": float(mean[0]), "train_rec": float(mean[1]), "train_kl": float(mean[2])}
 
     def step(self, idx: Tensor, beta: float, epoch: int = 0, step: int = 0) -> Tensor:
