@@ -1,14 +1,17 @@
 """Training: the loop, optimisers and checkpoints."""
 
+from exemplar_vae.training.callbacks import Callback, CurvesCallback, TensorBoardLogger
 from exemplar_vae.training.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from exemplar_vae.training.loop import BatchSampler, Callback, Trainer, TrainResult
+from exemplar_vae.training.loop import BatchSampler, Trainer, TrainResult
 
 __all__ = [
     "BatchSampler",
     "Callback",
+    "CurvesCallback",
+    "TensorBoardLogger",
     "TrainResult",
     "Trainer",
     "load_checkpoint",

@@ -30,11 +30,12 @@ from tqdm.auto import tqdm
 from exemplar_vae import distributed
 from exemplar_vae.config import RunConfig
 from exemplar_vae.data import DataSplits, dynamic_binarize
-from exemplar_vae.errors import ExemplarVAEError
+from exemplar_vae.errors import ExemplarVAEError, RunFailed
 from exemplar_vae.functional import kl_warmup
 from exemplar_vae.io import BEST, LAST, METRICS, atomic_write_text, read_metrics
 from exemplar_vae.models.vae import VAE, StepNoise
 from exemplar_vae.objectives.elbo import ElboTerms, elbo_terms
+from exemplar_vae.training.callbacks import Callback
 from exemplar_vae.training.checkpoint import load_checkpoint, save_checkpoint
 from exemplar_vae.training.optim import build_optimizer, load_optimizer_state, normalize_gradients
 
@@ -92,13 +93,6 @@ class LoopState:
     epoch_step: int = 0
     # per step of the unfinished epoch: the batch's summed loss, rec, kl and its size (for the epoch means)
     epoch_sums: list[list[float]] = field(default_factory=list)
-
-
-class Callback:
-    """Hooks called by the trainer; override what you need."""
-
-    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:  # noqa: B027
-        pass
 
 
 @dataclass
@@ -159,6 +153,7 @@ class Trainer:
         self.state = LoopState()
         self.history: list[dict[str, Any]] = []
         self._prior_fresh = False  # the prior's cache matches the current weights
+        self._stop_requested = False
 
     # -- state ---------------------------------------------------------------------------------------
     def _payload(self) -> dict[str, Any]:
@@ -214,6 +209,11 @@ class Trainer:
             "resumed from epoch %d (best validation loss %.3f)", self.state.epoch, self.state.best_val
         )
 
+    def request_stop(self) -> None:
+        """Stop after the current epoch (a callback may call it: a time budget, a custom criterion).
+        Under torchrun the request of rank 0 (the rank that runs callbacks) is what counts."""
+        self._stop_requested = True
+
     # -- one epoch -----------------------------------------------------------------------------------
     def train_epoch(self, epoch: int, beta: float) -> dict[str, float]:
         """One pass over the training set (from step ``state.epoch_step`` when resuming inside the epoch,
@@ -256,7 +256,7 @@ class Trainer:
             [4] the global batch's summed loss, rec and kl (nats) and its size (identical on every rank).
 
         Raises:
-            ExemplarVAEError: the loss is not finite (``epoch`` is named in the message).
+            RunFailed: the loss is not finite (``epoch`` is named in the message).
         """
         model, t = self.model, self.config.train
         idx = idx.to(self.device)
@@ -282,7 +282,7 @@ class Trainer:
         sums = distributed.all_reduce_sum(sums)
         sums[3] = idx.shape[0]
         if not torch.isfinite(sums[0]):
-            raise ExemplarVAEError(
+            raise RunFailed(
                 f"training diverged at epoch {epoch} (loss {float(sums[0] / sums[3])}); try a smaller --lr"
             )
         self.scaler.unscale_(self.optimizer)  # no-op when the scaler is disabled
@@ -351,13 +351,20 @@ class Trainer:
                 epoch, metrics["train_loss"], metrics["val_loss"], metrics["val_rec"], metrics["val_kl"],
                 beta, metrics["seconds"], "  *" if improved else "",
             )  # fmt: skip
-            for cb in self.callbacks:
-                cb.on_epoch_end(self, metrics)
+            if self.is_main:
+                for cb in self.callbacks:
+                    cb.on_epoch_end(self, metrics)
             # rank 0 decides (every rank holds the same figures; the decision must be one)
             if distributed.broadcast_flag(bool(t.early_stopping) and s.bad_epochs >= t.early_stopping):
                 logger.info("early stopping: %d epochs without improvement", s.bad_epochs)
                 stopped = True
                 break
+            if distributed.broadcast_flag(self._stop_requested):
+                logger.info("stopped after epoch %d on request", epoch)
+                break
+        if self.is_main:
+            for cb in self.callbacks:
+                cb.on_train_end(self)
         return TrainResult(s.epoch, s.best_epoch, s.best_val, stopped, self.history)
 
     def _write(self, metrics: dict[str, Any], improved: bool) -> None:
