@@ -265,10 +265,11 @@ def _refine_samples(
             sq = torch.addmm(SHRINK * xc.pow(2).sum(1, keepdim=True) + zc_sq, xc, zc.T, alpha=-2.0)
             sq = sq.clamp_min(0)  # [E, S]
             nearest = torch.segment_reduce(sq, "min", lengths=sizes, axis=0)  # [L, S]
-            log_near = torch.log(sizes.float()).unsqueeze(1) - 0.5 * prec * nearest  # [L, S]
-            log_leaf = torch.logsumexp(log_near, 0).double() + LSE_MARGIN  # [S] >= the leaves' mass
+            # exponents in float64: at a narrow kernel they reach 1e5 nats, beyond float32's resolution
+            log_near = torch.log(sizes.double()).unsqueeze(1) - 0.5 * prec * nearest.double()  # [L, S]
+            log_leaf = torch.logsumexp(log_near, 0) + LSE_MARGIN  # [S] >= the leaves' mass
             heavy = _fewest_largest(log_weight + log_leaf, room - math.log(4.0))  # [H] sample ids
-            log_sum = torch.logsumexp(-0.5 * prec * sq[:, heavy], 0).double() + LSE_MARGIN  # [H]
+            log_sum = torch.logsumexp(-0.5 * prec * sq[:, heavy].double(), 0) + LSE_MARGIN  # [H]
             log_exact[heavy] = torch.logaddexp(log_exact[heavy], log_sum)
             light = torch.ones(s, dtype=torch.bool, device=z.device)
             light[heavy] = False
@@ -366,12 +367,18 @@ class TruncationBounds:
         prec = float(torch.exp(-self.log_var.double()))
         position = torch.empty_like(tree.order)
         position[tree.order] = torch.arange(n, device=codes.device)  # cache row -> tree position
-        to_mean = squared_distances(self.mean, tree.codes).clamp_min(0).sqrt()  # [B, N] float64
+        # direct differences (no expansion): the bounds must hold at any kernel width
+        to_mean = torch.cdist(self.mean, tree.codes, compute_mode="donot_use_mm_for_euclid_dist")  # [B, N]
         uppers = []
         for b in range(z.shape[1]):
             zb = z[:, b].double()  # [S, d]
             log_kept = torch.logsumexp(
-                -0.5 * prec * squared_distances(zb, codes[self.nearest[b]].double()), 1
+                -0.5
+                * prec
+                * torch.cdist(
+                    zb, codes[self.nearest[b]].double(), compute_mode="donot_use_mm_for_euclid_dist"
+                ).pow(2),
+                1,
             )
             dropped = torch.ones(n, dtype=torch.bool, device=codes.device)
             dropped[position[self.nearest[b]]] = False

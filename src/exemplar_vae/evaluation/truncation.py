@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from exemplar_vae.functional import isotropic_log_normaliser
+from exemplar_vae.functional import isotropic_log_normaliser, kernel_dtype
 from exemplar_vae.priors.base import KernelMixture
 from exemplar_vae.retrieval import knn_search
 
@@ -61,33 +61,53 @@ def candidate_scorer(candidates: Tensor, log_var: Tensor, num_total: int) -> Cal
         [z, |z|^2, 1] . [c / s^2, -1 / (2 s^2), -|c|^2 / (2 s^2)] = -|z - c|^2 / (2 s^2)   (<= 0),
 
     so the kernel sum is exp and sum in place, with no max-shift pass. Codes are centred on the
-    candidates' mean first; the expansion's float32 rounding is then about 1e-7 * |z - c| |c| / s^2 nats:
-    negligible at the variances the models learn, ~0.02 nats at log s^2 = -8 and over a nat at -12 (as for
-    any expanded distance in float32; pass float64 candidates there). Computation is in the candidates'
-    dtype, the result in z's. Where a sample's sum falls below 1e-20 (every candidate far away; float32
+    candidates' mean first. The expansion's rounding grows as 1 / s^2 (``functional.expansion_error``):
+    a chunk whose bound passes ``KERNEL_TOLERANCE`` in the candidates' dtype (a narrow kernel) is computed
+    in float64, so the value stays a lower bound on the full prior at any variance. The result is in z's
+    dtype. Where a sample's sum falls below 1e-20 (every candidate far away; float32
     exponentials would underflow), its test point's column is recomputed with a shifted log-sum-exp.
     """
     d = candidates.shape[-1]
-    prec = torch.exp(-log_var.to(candidates.dtype))
     shift = candidates.mean(1, keepdim=True)  # [B, 1, d]
     cc = candidates - shift  # [B, K, d]
-    c_aug = torch.cat(
-        [
-            prec * cc,
-            (-0.5 * prec).expand(cc.shape[:-1]).unsqueeze(-1),
-            (-0.5 * prec) * cc.pow(2).sum(-1, True),
-        ],
-        -1,
-    )  # [B, K, d + 2]
-    c_aug_t = c_aug.transpose(1, 2).contiguous()  # [B, d + 2, K]
-    const = isotropic_log_normaliser(d, log_var.to(candidates.dtype)) - math.log(num_total)
+    c_sq_max = float(cc.pow(2).sum(-1).max()) if cc.numel() else 0.0
+    lv = float(log_var)
+    parts: dict[torch.dtype, tuple[Tensor, Tensor, Tensor]] = {}
+
+    def prepared(dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+        """(shift, augmented candidates [B, d + 2, K], constant) in ``dtype``, made once."""
+        if dtype not in parts:
+            sh = shift if dtype == candidates.dtype else candidates.to(dtype).mean(1, keepdim=True)
+            ccd = cc if dtype == candidates.dtype else candidates.to(dtype) - sh  # centred in ``dtype``
+            prec = torch.exp(-log_var.to(dtype))
+            c_aug = torch.cat(
+                [
+                    prec * ccd,
+                    (-0.5 * prec).expand(ccd.shape[:-1]).unsqueeze(-1),
+                    (-0.5 * prec) * ccd.pow(2).sum(-1, True),
+                ],
+                -1,
+            )  # [B, K, d + 2]
+            const = torch.as_tensor(isotropic_log_normaliser(d, log_var.to(dtype)) - math.log(num_total))
+            parts[dtype] = (sh, c_aug.transpose(1, 2).contiguous(), const)
+        return parts[dtype]
+
+    def exponents(z: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+        """(z augmented [B, S, d + 2], the candidates' part, the constant) in ``dtype``."""
+        sh, c_aug_t, const = prepared(dtype)
+        zc = z.transpose(0, 1).to(dtype) - sh  # [B, S, d]
+        z_aug = torch.cat([zc, zc.pow(2).sum(-1, True), torch.ones_like(zc[..., :1])], -1)  # [B, S, d + 2]
+        return z_aug, c_aug_t, const
 
     def score(z: Tensor) -> Tensor:
-        zc = z.transpose(0, 1).to(candidates.dtype) - shift  # [B, S, d]
-        z_aug = torch.cat([zc, zc.pow(2).sum(-1, True), torch.ones_like(zc[..., :1])], -1)  # [B, S, d + 2]
+        z_aug, c_aug_t, const = exponents(z, candidates.dtype)
+        z_sq_max = float(z_aug[..., d].max()) if z_aug.numel() else 0.0
+        precise = kernel_dtype(z_sq_max + c_sq_max, lv, d, candidates.dtype)
+        if precise != candidates.dtype:  # a narrow kernel: the expansion needs float64 to stay a bound
+            z_aug, c_aug_t, const = exponents(z, precise)
         total = torch.bmm(z_aug, c_aug_t).exp_().sum(-1)  # [B, S] sum_k exp(-|z - c_k|^2 / 2s^2)
         out = total.log()
-        far = total < 1e-20  # [B, S]
+        far = total < (1e-20 if total.dtype == torch.float32 else 1e-280)  # [B, S]
         cols = far.any(dim=1).nonzero().flatten()  # test points with at least one such sample
         if cols.numel():  # redo their columns (memory at most the main product's) with a shifted sum
             exponent = torch.bmm(z_aug[cols], c_aug_t[cols])  # [c, S, K]
