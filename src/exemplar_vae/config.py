@@ -19,6 +19,31 @@ from typing import Any
 from exemplar_vae.errors import ConfigError
 from exemplar_vae.io import atomic_write_json
 
+_SCALARS: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+
+
+def check_types(klass: type, values: dict[str, Any], section: str) -> None:
+    """Each value of ``values`` has the type its field of ``klass`` declares (``int``, ``float``,
+    ``bool``, ``str``, optionally ``| None``): ``true`` is not an integer, ``"false"`` not a boolean,
+    ``2.5`` not an integer, and a float field takes an integer.
+
+    Raises:
+        ConfigError: naming the section, the key, the value and the expected type.
+    """
+    declared = {f.name: str(f.type) for f in dataclasses.fields(klass)}  # e.g. "int | None"
+    for key, value in values.items():
+        kinds = [k.strip() for k in declared[key].split("|")]
+        if value is None and "None" in kinds:
+            continue
+        ok = any(
+            isinstance(value, _SCALARS[k]) and not (isinstance(value, bool) and k != "bool")
+            for k in kinds
+            if k in _SCALARS
+        )
+        if not ok:
+            expected = " or ".join("null" if k == "None" else k for k in kinds)
+            raise ConfigError(f"config {section}.{key} must be {expected}, got {json.dumps(value)[:60]}")
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -129,7 +154,10 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
-        """Build from a dict such as a parsed config.json; unknown keys are an error."""
+        """Build from a dict such as a parsed config.json; unknown keys and values of the wrong type are
+        an error (``check_types``: booleans are booleans, integers integers)."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"a config must be a JSON object of sections, got {type(d).__name__}")
         parts = {"data": DataConfig, "model": ModelConfig, "prior": PriorConfig, "train": TrainConfig}
         unknown = set(d) - set(parts)
         if unknown:
@@ -137,10 +165,13 @@ class RunConfig:
         kwargs = {}
         for key, klass in parts.items():
             section = d.get(key, {})
+            if not isinstance(section, dict):
+                raise ConfigError(f"config section '{key}' must be an object, got {type(section).__name__}")
             names = {f.name for f in dataclasses.fields(klass)}
             bad = set(section) - names
             if bad:
                 raise ConfigError(f"unknown keys {sorted(bad)} in config section '{key}'")
+            check_types(klass, section, key)
             kwargs[key] = klass(**section)
         return cls(**kwargs)
 
@@ -154,8 +185,12 @@ class RunConfig:
             d = json.loads(path.read_text())
         except FileNotFoundError as e:
             raise ConfigError(f"no config file at {path}") from e
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"config file {path} is not valid JSON: {e}") from e
+        except RecursionError as e:
+            raise ConfigError(f"config file {path} is nested too deeply to be a config") from e
+        except OSError as e:
+            raise ConfigError(f"config file {path} cannot be read: {e.strerror or e}") from e
         return cls.from_dict(d)
 
 

@@ -28,12 +28,37 @@ def _check_name(what: str, value: str, valid: object) -> None:
         raise ConfigError(f"unknown {what} '{value}'; valid: {', '.join(names)}")
 
 
-def validate(config: RunConfig, num_train: int | None = None) -> RunConfig:
+def parameter_bytes(config: RunConfig, data_dim: int) -> int:
+    """An upper estimate of the memory the networks and their training state take (weights, gradients
+    and Adam's two moments, float32), from the sizes alone: checked before anything is allocated."""
+    m = config.model
+    h, d = m.hidden, m.latent_dim
+    mlp = (
+        2 * 2 * (data_dim * h + h * h) + 4 * h * d + 2 * (d * h + h * h) * 2 + h * data_dim * 2
+    )  # gated: 2 maps
+    factor = {"mlp": 1, "hvae": 3, "convhvae": 3}.get(m.arch, 3)
+    pseudo = config.prior.components * data_dim if config.prior.name == "vampprior" else 0
+    return 4 * 4 * (factor * mlp + pseudo)
+
+
+def available_bytes() -> int | None:
+    """Memory available to this process (MemAvailable of /proc/meminfo), None where unknown."""
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def validate(config: RunConfig, num_train: int | None = None, data_dim: int | None = None) -> RunConfig:
     """Check every value and resolve the data-dependent defaults (M = N/2).
 
     Args:
         config: the requested configuration.
         num_train: N, the number of training points, once the data is loaded.
+        data_dim: D, the values per example, once the data is loaded (sizes the networks' memory check).
 
     Returns:
         The configuration with ``prior.exemplars`` resolved when ``num_train`` is given.
@@ -56,6 +81,8 @@ def validate(config: RunConfig, num_train: int | None = None) -> RunConfig:
     for what, value in positive.items():
         if value < 1:
             raise ConfigError(f"{what} must be at least 1, got {value}")
+    if not 0 <= t.seed < 2**63:
+        raise ConfigError(f"--seed must be between 0 and 2**63 - 1, got {t.seed}")
     if t.max_steps is not None and t.max_steps < 1:
         raise ConfigError(f"--max-steps must be at least 1, got {t.max_steps}")
     if not t.lr > 0:
@@ -80,6 +107,13 @@ def validate(config: RunConfig, num_train: int | None = None) -> RunConfig:
         raise ConfigError(f"--knn must be >= 0 (0 = exact prior), got {p.knn}")
     if p.exemplars is not None and p.exemplars < 1:
         raise ConfigError(f"--exemplars (M) must be at least 1, got {p.exemplars}")
+    if data_dim is not None:
+        need, have = parameter_bytes(config, data_dim), available_bytes()
+        if have is not None and need > have:
+            raise ConfigError(
+                f"the networks would need about {need / 2**30:.1f} GiB (--hidden {m.hidden}, --latent-dim "
+                f"{m.latent_dim}, D = {data_dim}) but {have / 2**30:.1f} GiB are available"
+            )
     if num_train is None or p.name != "exemplar":
         return config
     if num_train < 2:

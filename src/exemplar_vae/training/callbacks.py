@@ -1,6 +1,6 @@
 """Callbacks that watch a run: the training curves rewritten every epoch, and an optional TensorBoard log.
 
-A callback is called by the trainer after every epoch with the epoch's metrics (the line written to
+A callback (``training.loop.Callback``) is called by the trainer after every epoch with the epoch's metrics (the line written to
 ``metrics.jsonl``); under torchrun only rank 0 calls them. ``train(..., callbacks=[...])`` passes more.
 """
 
@@ -8,25 +8,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from exemplar_vae.errors import ConfigError
+from exemplar_vae.training.loop import Callback, Trainer
 from exemplar_vae.viz import plot_training_curves
 
-if TYPE_CHECKING:
-    from exemplar_vae.training.loop import Trainer
-
 logger = logging.getLogger(__name__)
-
-
-class Callback:
-    """Hooks called by the trainer; override what you need."""
-
-    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:  # noqa: B027
-        pass
-
-    def on_train_end(self, trainer: Trainer) -> None:  # noqa: B027
-        pass
 
 
 class CurvesCallback(Callback):

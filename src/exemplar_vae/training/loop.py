@@ -35,9 +35,11 @@ from exemplar_vae.functional import kl_warmup
 from exemplar_vae.io import BEST, LAST, METRICS, atomic_write_text, read_metrics
 from exemplar_vae.models.vae import VAE, StepNoise
 from exemplar_vae.objectives.elbo import ElboTerms, elbo_terms
-from exemplar_vae.training.callbacks import Callback
 from exemplar_vae.training.checkpoint import load_checkpoint, save_checkpoint
 from exemplar_vae.training.optim import build_optimizer, load_optimizer_state, normalize_gradients
+
+# settings a resumed run may change (the change is recorded in config.json); the others must be the saved ones
+RESUMABLE_CHANGES = frozenset({"epochs", "early_stopping", "device", "max_steps"})
 
 # (model, x [B, D], dataset indices [B] or None, beta, generator or None, noise or None) -> ElboTerms
 Loss = Callable[[VAE, Tensor, Tensor | None, float, torch.Generator | None, StepNoise | None], ElboTerms]
@@ -93,6 +95,16 @@ class LoopState:
     epoch_step: int = 0
     # per step of the unfinished epoch: the batch's summed loss, rec, kl and its size (for the epoch means)
     epoch_sums: list[list[float]] = field(default_factory=list)
+
+
+class Callback:
+    """Hooks called by the trainer (rank 0 only under torchrun); override what you need."""
+
+    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:  # noqa: B027
+        pass
+
+    def on_train_end(self, trainer: Trainer) -> None:  # noqa: B027
+        pass
 
 
 @dataclass
@@ -184,6 +196,21 @@ class Trainer:
         ):
             raise ExemplarVAEError(
                 f"{self.run_dir / LAST} was trained with a different data/model/prior configuration"
+            )
+        changed = sorted(
+            k for k, v in vars(saved.train).items()
+            if k not in RESUMABLE_CHANGES and getattr(self.config.train, k) != v
+        )  # fmt: skip
+        if "batch_size" not in changed and changed:
+            raise ExemplarVAEError(
+                f"{self.run_dir / LAST} was trained with other settings ({', '.join(changed)}); a resumed run "
+                f"keeps them (only {', '.join(sorted(RESUMABLE_CHANGES))} may change)"
+            )
+        state = LoopState(**ckpt["loop"])
+        if self.config.train.epochs < state.epoch:
+            raise ExemplarVAEError(
+                f"{self.run_dir / LAST} has trained {state.epoch} epochs already; --epochs "
+                f"{self.config.train.epochs} would end it before it resumed (ask for more epochs)"
             )
         if ckpt.get("batch_size", saved.train.batch_size) != self.config.train.batch_size:
             raise ExemplarVAEError(
