@@ -3,6 +3,10 @@
 Every function takes the model and returns pixel values in [0, 1] (Bernoulli means) laid out as a
 [rows, cols, D] grid, ready for ``viz.save_image_grid``. Randomness comes in through ``generator``.
 
+Generation from a chosen exemplar subset (``sample_from_exemplars``) draws from the Parzen window over the
+codes of the given exemplars only, with the model's own kernel: class-conditional samples from the training
+images of one class (``exemplars_of_class``), or samples around a folder of new images, without retraining.
+
 Cyclic generation (Norouzi et al. 2020, Sec. 5; docs/paper.md §10) starts from uniform noise and feeds each
 generation back as the next exemplar: x_{t+1} = decoder mean of z ~ r(z | x_t).
 """
@@ -10,11 +14,15 @@ generation back as the next exemplar: x_{t+1} = decoder mean of z ~ r(z | x_t).
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from exemplar_vae.errors import ConfigError
+from exemplar_vae.data.datasets import DataSplits
+from exemplar_vae.data.store import ExemplarStore
+from exemplar_vae.errors import ConfigError, DataError
+from exemplar_vae.functional import reparameterize
 from exemplar_vae.models.vae import VAE
 
 
@@ -159,3 +167,118 @@ def interpolation_grid(
     line = interpolate(model, x_a, x_b, steps, generator)  # [B, S, D]
     xa, xb = x_a.to(line.device).unsqueeze(1), x_b.to(line.device).unsqueeze(1)  # [B, 1, D] each
     return torch.cat([xa, line, xb], dim=1)
+
+
+class ExemplarDraw(NamedTuple):
+    """Codes drawn from the Parzen window over a chosen exemplar subset."""
+
+    z: Tensor  # [n, d] the codes
+    picks: Tensor  # [n] int64 rows of the subset each code was drawn around
+
+
+def _check_exemplars(exemplars: Tensor | ExemplarStore, data_dim: int) -> None:
+    """A non-empty [M, D] set of inputs in [0, 1] (DataError otherwise)."""
+    if exemplars.ndim != 2 or exemplars.shape[0] < 1 or exemplars.shape[1] != data_dim:
+        raise DataError(
+            f"exemplars must be a non-empty [M, {data_dim}] set of images, got shape {tuple(exemplars.shape)}"
+        )
+    if isinstance(exemplars, Tensor):
+        if exemplars.is_complex() or exemplars.dtype == torch.bool:
+            raise DataError(f"exemplars must hold real values in [0, 1], got dtype {exemplars.dtype}")
+        lo, hi = exemplars.aminmax()
+        if not bool(torch.isfinite(exemplars).all()) or float(lo) < 0 or float(hi) > 1:
+            raise DataError("exemplars must hold finite values in [0, 1] (grey images, pixel / 255)")
+
+
+@torch.no_grad()
+def draw_exemplar_codes(
+    model: VAE,
+    exemplars: Tensor | ExemplarStore,
+    n: int,
+    generator: torch.Generator | None = None,
+    temperature: float = 1.0,
+    batch_size: int = 2000,
+) -> ExemplarDraw:
+    """n codes from the Parzen window over the codes of the given exemplars only.
+
+    Each draw picks an exemplar x_j uniformly, then z = m(x_j) + T s(x_j) eps, eps ~ N(0, I), where
+    (m, log s^2) is the prior's ``variation_kernel`` of q(z|x_j): for the exemplar prior its own kernel
+    N(mu(x_j), sigma^2 I) (the same as ``ExemplarPrior.sample`` restricted to the subset), for priors
+    without a kernel q(z|x_j) itself. Only the picked exemplars are encoded (in batches).
+
+    The random stream is: the picks (``torch.randint`` on the model's device), then the noise, both from
+    ``generator``; the pick does not depend on ``temperature`` (0 returns the picked exemplars' codes).
+
+    Args:
+        model: the trained VAE.
+        exemplars: [M, D] inputs in [0, 1] (a tensor on any device, or an ``ExemplarStore``).
+        n: number of codes (>= 1).
+        generator: RNG on the model's device.
+        temperature: multiplies the kernel's standard deviation (>= 0).
+        batch_size: exemplars encoded at once.
+
+    Returns:
+        ``ExemplarDraw(z [n, d], picks [n])``.
+    """
+    if n < 1:
+        raise ConfigError(f"the number of samples must be at least 1, got {n}")
+    temperature = check_temperature(temperature)
+    _check_exemplars(exemplars, math.prod(model.image_shape))
+    model.eval()
+    device = model.device
+    pick = torch.randint(exemplars.shape[0], (n,), device=device, generator=generator)  # [n]
+    rows, inverse = torch.unique(pick, return_inverse=True)  # [U] distinct picks, [n] positions in rows
+    means, log_vars = [], []
+    for ids in rows.split(batch_size):
+        if isinstance(exemplars, ExemplarStore):
+            x = exemplars.gather(ids.cpu())
+        else:
+            x = exemplars.index_select(0, ids.to(exemplars.device))
+        mean, log_var = model.prior.variation_kernel(*model.encode(x.to(device=device, dtype=torch.float32)))
+        means.append(mean)
+        log_vars.append(log_var)
+    mean, log_var = torch.cat(means)[inverse], torch.cat(log_vars)[inverse]  # [n, d] each
+    eps = torch.randn(mean.shape, device=device, dtype=mean.dtype, generator=generator)  # [n, d]
+    return ExemplarDraw(reparameterize(mean, log_var, temperature * eps), pick)
+
+
+@torch.no_grad()
+def sample_from_exemplars(
+    model: VAE,
+    exemplars: Tensor | ExemplarStore,
+    n: int,
+    generator: torch.Generator | None = None,
+    temperature: float = 1.0,
+) -> Tensor:
+    """n samples from the model with its prior restricted to the given exemplars, no retraining.
+
+    z is drawn from the Parzen window over the codes of ``exemplars`` only (``draw_exemplar_codes``) and
+    decoded: pass the training images of one class (``exemplars_of_class``) for class-conditional samples,
+    or a user's own images for samples around them.
+
+    Args:
+        model: the trained VAE.
+        exemplars: [M, D] inputs in [0, 1].
+        n: number of samples (>= 1).
+        generator: RNG on the model's device (picks, kernel noise, then the lower latents of two-layer models).
+        temperature: multiplies the kernel's standard deviation; 0 decodes the picked exemplars' codes.
+
+    Returns:
+        [n, D] decoder means, values in [0, 1].
+    """
+    draw = draw_exemplar_codes(model, exemplars, n, generator, temperature)
+    return model.decode_mean(draw.z, generator)
+
+
+def exemplars_of_class(data: DataSplits, label: int) -> Tensor:
+    """The grey training images with label ``label``: [M, D] float32 in [0, 1] (the training set's order).
+
+    Raises:
+        ConfigError: no training image has that label (the message lists the labels there are).
+    """
+    ids = (data.train_y == int(label)).nonzero().reshape(-1)  # [M]
+    if ids.numel() == 0:
+        labels = sorted(int(v) for v in torch.unique(data.train_y).tolist() if v >= 0)
+        known = ", ".join(map(str, labels)) if labels else "none: the training set is unlabelled"
+        raise ConfigError(f"no training image of {data.name} has label {label}; labels: {known}")
+    return data.train_store.gather(ids)
