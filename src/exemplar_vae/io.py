@@ -6,6 +6,7 @@ reports), so nothing low in the package has to import training to write safely.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -21,6 +22,14 @@ CONFIG, METRICS, BEST, LAST, EVALUATION = (
     "last.pt",
     "evaluation.json",
 )
+
+# the files of a self-contained model folder (``VAE.save_pretrained``, ``exemplar_vae.from_pretrained``)
+PRETRAINED_CONFIG, PRETRAINED_WEIGHTS, PRETRAINED_EXEMPLARS = (
+    "config.json",
+    "model.safetensors",
+    "exemplars.safetensors",
+)
+PRETRAINED_FORMAT_VERSION = 1  # the "format_version" of such a folder's config.json
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
@@ -56,6 +65,36 @@ def atomic_write_text(path: Path, text: str) -> None:
 def atomic_write_json(path: Path, doc: Any) -> None:
     """``atomic_write_text`` of an indented JSON document."""
     atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
+
+
+def sha256_bytes(data: bytes) -> str:
+    """The SHA-256 of ``data``, as 64 lowercase hex digits."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path, block: int = 1 << 20) -> str:
+    """The SHA-256 of a file's bytes, read in blocks, as 64 lowercase hex digits."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(block), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def package_version() -> str:
+    """exemplar-vae's version (for stamping written files): ``exemplar_vae.__version__``, read from the
+    package already imported (this ground floor imports nothing above it), else the installed
+    distribution's; "unknown" when neither is there."""
+    import sys
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = getattr(sys.modules.get("exemplar_vae"), "__version__", None)
+    if isinstance(found, str):
+        return found
+    try:
+        return version("exemplar-vae")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from torch import Tensor
 
-from exemplar_vae.config import ModelConfig, PriorConfig
+from exemplar_vae.config import ModelConfig, PriorConfig, RunConfig
 from exemplar_vae.data.store import ExemplarStore
 from exemplar_vae.errors import ConfigError
 from exemplar_vae.models.decoders import MLPConditionalPrior, MLPDecoder, MLPHierarchicalDecoder
@@ -83,6 +83,7 @@ def build_vae(
     exemplars: Tensor | ExemplarStore,
     image_shape: tuple[int, ...],
     binary: bool = True,
+    config: RunConfig | None = None,
 ) -> VAE:
     """Build a VAE from configs.
 
@@ -93,13 +94,30 @@ def build_vae(
         exemplars: [N, D] training inputs: the exemplar set.
         image_shape: (C, H, W), with C * H * W == D.
         binary: Bernoulli observations when True, a 256-level discretised logistic when False.
+        config: the whole run configuration (its ``model`` and ``prior`` sections must equal ``model``
+            and ``prior``), kept by the model as ``model.config`` for ``VAE.save_pretrained``; None keeps
+            ``RunConfig(model=model, prior=prior)`` (default data and training sections).
+
+    Raises:
+        ConfigError: an unknown architecture, an image shape that does not match the data's width, or a
+            ``config`` whose model or prior section differs from ``model`` or ``prior``.
     """
+    if config is None:
+        config = RunConfig(model=model, prior=prior)
+    elif config.model != model or config.prior != prior:
+        section = "model" if config.model != model else "prior"
+        raise ConfigError(
+            f"build_vae: config.{section} {getattr(config, section)} differs from the {section} "
+            f"configuration given, {model if section == 'model' else prior}"
+        )
     if model.arch not in ARCHITECTURES:
         raise ConfigError(f"unknown architecture '{model.arch}'; valid: {', '.join(ARCHITECTURES)}")
     shape = tuple(int(s) for s in image_shape)
     if len(shape) != 3 or shape[0] * shape[1] * shape[2] != exemplars.shape[1]:
         raise ConfigError(f"image shape {shape} does not match data of width {exemplars.shape[1]}")
     c, h, w = shape
-    return ARCHITECTURES[model.arch](
+    vae = ARCHITECTURES[model.arch](
         model, build_prior(prior, model.latent_dim, exemplars), (c, h, w), observation_for(binary)
     )
+    vae.config = config  # the builders construct the networks; the model keeps what it was built from
+    return vae

@@ -6,14 +6,27 @@ as an argument: the model does not know its objective).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
+from exemplar_vae.config import RunConfig
+from exemplar_vae.errors import ConfigError
 from exemplar_vae.functional import full_precision, reparameterize
 from exemplar_vae.interfaces import Encoder
-from exemplar_vae.models.observation import Bernoulli, Observation
+from exemplar_vae.io import (
+    PRETRAINED_CONFIG,
+    PRETRAINED_EXEMPLARS,
+    PRETRAINED_FORMAT_VERSION,
+    PRETRAINED_WEIGHTS,
+    atomic_write_bytes,
+    atomic_write_json,
+    package_version,
+    sha256_bytes,
+)
+from exemplar_vae.models.observation import Bernoulli, Observation, observation_for
 from exemplar_vae.priors import Prior
 
 
@@ -44,6 +57,9 @@ class VAE(nn.Module):
         prior: a ``Prior``.
         image_shape: (C, H, W) of one example, for pictures.
         observation: how data is scored given the decoder's output (default Bernoulli logits).
+        config: the run's configuration the model was built from (``build_vae`` passes it), kept as
+            ``self.config`` (a frozen ``RunConfig``) for ``save_pretrained``; None for a model put
+            together by hand, which then cannot be saved as a self-contained folder.
     """
 
     encoder: Encoder
@@ -70,11 +86,15 @@ class VAE(nn.Module):
         prior: Prior,
         image_shape: tuple[int, ...],
         observation: Observation | None = None,
+        config: RunConfig | None = None,
     ):
         super().__init__()
         self.encoder, self.decoder, self.prior = encoder, decoder, prior
         self.image_shape = tuple(image_shape)
         self.observation = observation if observation is not None else Bernoulli()
+        if config is not None and not isinstance(config, RunConfig):
+            raise TypeError(f"config must be a RunConfig or None, got {type(config).__name__}")
+        self.config: RunConfig | None = config
 
     @property
     def latent_dim(self) -> int:
@@ -145,3 +165,72 @@ class VAE(nn.Module):
         )
         z = reparameterize(mean.unsqueeze(1), log_var.unsqueeze(1), temperature * eps)  # [B, n, d]
         return self.decode_mean(z.reshape(-1, z.shape[-1]), generator).reshape(x.shape[0], n, -1)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write the model as a self-contained folder that ``exemplar_vae.from_pretrained`` loads on any
+        machine, without the training data or the run folder.
+
+        The folder holds (each file written atomically; config.json last, so a folder whose config.json
+        is in place is complete):
+
+        - ``model.safetensors``: the state dict (tensors only, no pickle);
+        - ``exemplars.safetensors`` (only for a prior with an exemplar set): one tensor ``exemplars``
+          [N, D], uint8 codes k (value k/255) when the set is held compactly, else float32 values;
+        - ``config.json``: the run configuration (``RunConfig.to_dict()``) plus ``image_shape``,
+          ``likelihood`` (the observation model's name), ``binary``, ``format_version`` (1),
+          ``exemplar_vae_version`` and ``files`` (file name -> SHA-256 of its bytes).
+
+        An existing folder is written over (a stale exemplars file is removed); other files are kept.
+
+        Returns:
+            The folder.
+
+        Raises:
+            ConfigError: the model has no run configuration (``config`` is None), its observation model
+                is not one ``build_vae`` makes, or ``directory`` is an existing file.
+        """
+        from safetensors.torch import save as safetensors_bytes
+
+        if self.config is None:
+            raise ConfigError(
+                "this model has no run configuration (model.config is None), so it cannot be saved as a "
+                "self-contained folder; build it with build_vae (or load it with load_run)"
+            )
+        binary = self.observation.name == Bernoulli.name
+        made = observation_for(binary)
+        if type(made) is not type(self.observation) or vars(made) != vars(self.observation):
+            raise ConfigError(
+                f"the model's observation model {type(self.observation).__name__} "
+                f"('{self.observation.name}') is not one build_vae makes, so the model cannot be rebuilt"
+            )
+        directory = Path(directory)
+        if directory.exists() and not directory.is_dir():
+            raise ConfigError(f"{directory} exists and is not a folder")
+        weights = {}
+        for name, value in self.state_dict().items():
+            if not isinstance(value, Tensor):
+                raise ConfigError(f"state entry '{name}' is a {type(value).__name__}, not a tensor")
+            weights[name] = value.detach().to("cpu").clone(memory_format=torch.contiguous_format)
+        blobs = {PRETRAINED_WEIGHTS: safetensors_bytes(weights, metadata={"format": "pt"})}
+        store = self.prior.exemplar_set()
+        if store is not None:
+            backing = store.to("cpu").backing  # [N, D] uint8 codes or float32 values
+            assert isinstance(backing, Tensor)
+            blobs[PRETRAINED_EXEMPLARS] = safetensors_bytes(
+                {"exemplars": backing.contiguous()}, metadata={"format": "pt"}
+            )
+        for name, blob in blobs.items():
+            atomic_write_bytes(directory / name, blob)
+        if store is None:
+            (directory / PRETRAINED_EXEMPLARS).unlink(missing_ok=True)
+        doc = {
+            **self.config.to_dict(),
+            "image_shape": [int(s) for s in self.image_shape],
+            "likelihood": self.observation.name,
+            "binary": binary,
+            "format_version": PRETRAINED_FORMAT_VERSION,
+            "exemplar_vae_version": package_version(),
+            "files": {name: sha256_bytes(blob) for name, blob in blobs.items()},
+        }
+        atomic_write_json(directory / PRETRAINED_CONFIG, doc)
+        return directory
