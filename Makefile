@@ -13,15 +13,24 @@ DEMO_EVAL := --limit 500 --samples 1000
 
 .PHONY: demo test setup data bench lint clean
 
-$(VENV)/.installed: pyproject.toml
+# What setup installs: the package (editable) with these extras of pyproject.toml. `test` brings pytest,
+# ruff, mypy and every CPU extra (plots, tsne, digits, omniglot, tensorboard) that the tests, the linters
+# and the demo use.
+EXTRAS ?= test
+comma := ,
+INSTALLED := $(VENV)/.installed-$(subst $(comma),+,$(EXTRAS))
+
+# Reinstalls when pyproject.toml (dependencies, extras), this file (TORCH_VERSION) or EXTRAS changes.
+$(INSTALLED): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# torch first, pinned: the CPU build on this machine's disk (an unpinned torch would pull a CUDA build)
 	$(PIP) install -q torch==$(TORCH_VERSION)
-	$(PIP) install -q -e '.[test]'
+	# the pin again, so resolving the package's requirements can never replace that torch
+	$(PIP) install -q -e '.[$(EXTRAS)]' torch==$(TORCH_VERSION)
 	touch $@
 
-setup: $(VENV)/.installed
+setup: $(INSTALLED)
 
 data:
 	@if [ -f $(FASHION_DIR)/train-images-idx3-ubyte.gz ]; then \

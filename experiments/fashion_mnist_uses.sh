@@ -31,7 +31,7 @@ done
 
 # 3. new exemplars without retraining: the validation images join the exemplar set at test time
 "$CLI" evaluate "$EX" --limit "$LIMIT" --samples "$SAMPLES" --out "$OUT/fashion_mnist_eval_train_exemplars.json" --json --no-progress
-"$CLI" evaluate "$EX" --limit "$LIMIT" --samples "$SAMPLES" --add-val-exemplars \
+"$CLI" evaluate "$EX" --limit "$LIMIT" --samples "$SAMPLES" --with-val \
   --out "$OUT/fashion_mnist_eval_train_val_exemplars.json" --json --no-progress
 
 # 4. generative data augmentation for the paper's MLP classifier

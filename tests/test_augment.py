@@ -163,7 +163,7 @@ def test_cli_augment_writes_what_load_dataset_reads(
 ) -> None:
     model, data = loaded
     out = tmp_path / "aug.npz"
-    args = ["augment", str(run_dir), "--out", str(out), "--per-example", "3", "--limit", "40"]
+    args = ["augment", str(run_dir), "--out", str(out), "--variations", "3", "--limit", "40"]
     assert main([*args, "--seed", "2", "--device", "cpu"]) == 0
     assert '"examples": 120' in capsys.readouterr().out
     with np.load(out) as f:
@@ -198,8 +198,8 @@ def back_train_rows(n: int) -> np.ndarray:
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--output", "blurred"], "unknown output 'blurred'"),
-        (["--per-example", "0"], "--per-example must be an integer >= 1, got 0"),
+        (["--pixels", "blurred"], "unknown --pixels 'blurred'"),
+        (["--variations", "0"], "--variations must be an integer >= 1, got 0"),
         (["--limit", "0"], "--limit must be an integer >= 1, got 0"),
         (["--temperature", "-0.5"], "temperature must be a finite number >= 0, got -0.5"),
     ],

@@ -131,7 +131,7 @@ def test_cli_classify_with_and_without_augmentation(
         assert len(seeds) == 2 and all(0 <= v <= 100 for v in [mean, std, *seeds])
         assert mean == pytest.approx(sum(seeds) / 2, abs=0.01)
     result = json.loads(out.with_suffix(".json").read_text())
-    assert result["seeds"] == [0, 1] and result["test_inputs"] == "grey"
+    assert result["seeds"] == [1, 2] and result["test_inputs"] == "grey"
     assert [row["augmented"] for row in result["rows"]] == [False, True]
     assert all(run["epochs"] == 2 for row in result["rows"] for run in row["runs"])
     assert classification_table(result) == printed
@@ -144,7 +144,7 @@ def test_cli_classify_with_and_without_augmentation(
         (["--dataset", "mnist"], "trained on 'digits', but --dataset is 'mnist'"),
         (["--dataset", "digits", "--seeds", "0"], "--seeds must be at least 1, got 0"),
         (["--dataset", "digits", "--real-weight", "1.5"], "--real-weight must lie in [0, 1], got 1.5"),
-        (["--dataset", "digits", "--output", "blurred"], "unknown output 'blurred'"),
+        (["--dataset", "digits", "--pixels", "blurred"], "unknown --pixels 'blurred'"),
         (["--dataset", "digits", "--hidden", "0"], "--hidden must be an integer >= 1, got 0"),
     ],
 )

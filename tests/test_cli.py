@@ -1,4 +1,7 @@
-"""End-to-end CLI tests on sklearn's digits: train, resume, evaluate, generate, report, table; bad input."""
+"""End-to-end CLI tests on sklearn's digits: train, resume, evaluate, generate, report, table; bad input.
+
+The options themselves (one meaning per flag, help text, -q, exit codes) are checked in test_cli_options.py.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from exemplar_vae import errors
 from exemplar_vae.cli.main import main
 
 TRAIN = ["train", "--dataset", "digits", "--epochs", "2", "--warmup", "1", "--no-progress", "--seed", "3"]
@@ -96,6 +100,21 @@ def test_evaluate_json(trained_run: Path, capsys: pytest.CaptureFixture[str]) ->
         json.loads((trained_run / "evaluation.json").read_text())["log_likelihood"]
         == result["log_likelihood"]
     )
+
+
+def test_evaluate_with_extra_exemplars(
+    trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    extra = tmp_path / "extra.npz"
+    np.savez(extra, x=np.random.RandomState(0).randint(0, 256, size=(7, 8, 8)).astype(np.uint8))
+    base = ["evaluate", str(trained_run), "--samples", "5", "--limit", "5", "--json", "--no-progress"]
+    code, out, _ = run([*base, "--extra-exemplars", str(extra), "--out", str(tmp_path / "a.json")], capsys)
+    assert code == 0 and json.loads(out)["extra_exemplars"] == 7
+    code, out, _ = run([*base, "--with-val", "--out", str(tmp_path / "b.json")], capsys)
+    assert code == 0 and json.loads(out)["extra_exemplar_sources"] == ["validation set (grey)"]
+    with pytest.raises(SystemExit) as e:  # the old spelling: --exemplars is train's M
+        main([*base, "--exemplars", str(extra)])
+    assert e.value.code == 2
 
 
 def test_generate_and_report(trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -203,6 +222,19 @@ def test_generate_rejects_non_png(
 ) -> None:
     code, _, err = run(["generate", str(trained_run), "--out", str(tmp_path / "x.jpg")], capsys)
     assert code == 2 and ".png" in err and not (tmp_path / "x.jpg").exists()
+
+
+def test_diverged_training_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [*TRAIN, "--lr", "1e30", "--max-steps", "3", "--out", str(tmp_path / "run")]
+    code, _, err = run(argv, capsys)
+    assert err.startswith("error: training diverged")
+    assert code == (1 if hasattr(errors, "RunFailed") else 2)
+
+
+def test_quiet_after_the_subcommand(trained_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["report", "-q", str(trained_run)])
+    out, err = capsys.readouterr()
+    assert code == 0 and out.startswith("wrote ") and err == ""
 
 
 def test_console_script_exit_code(tmp_path: Path) -> None:

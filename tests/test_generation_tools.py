@@ -254,13 +254,13 @@ def test_cli_evaluate_with_extra_exemplars(
     runs: dict[str, Path], extra_npz: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run = runs["exemplar"]
-    code, _, _ = cli(["evaluate", str(run), *EVAL, "--exemplars", str(extra_npz), "--json"], capsys)
+    code, _, _ = cli(["evaluate", str(run), *EVAL, "--extra-exemplars", str(extra_npz), "--json"], capsys)
     assert code == 0
     ev = json.loads((run / "evaluation.json").read_text())
     assert (ev["exemplars"], ev["train_examples"], ev["extra_exemplars"]) == (1197 + 40, 1197, 40)
     assert ev["extra_exemplar_sources"] == [str(extra_npz)]
     out = tmp_path / "with_val.json"
-    code, stdout, _ = cli(["evaluate", str(run), *EVAL, "--add-val-exemplars", "--out", str(out)], capsys)
+    code, stdout, _ = cli(["evaluate", str(run), *EVAL, "--with-val", "--out", str(out)], capsys)
     assert code == 0 and "1197 training + 300 extra images" in stdout
     ev_val = json.loads(out.read_text())
     assert (ev_val["exemplars"], ev_val["extra_exemplars"]) == (1497, 300)
@@ -293,7 +293,7 @@ def test_cli_generate_layouts(
         "interp.png": (["--interpolate", "--steps", "4", "--n", "2"], (2, 6)),
         "cold.png": (["--temperature", "0.5", "--n", "9"], (3, 3)),
         "rows.png": (
-            ["--from-exemplars", "--n", "2", "--variations", "3", "--exemplars", str(extra_npz)],
+            ["--from-exemplars", "--n", "2", "--variations", "3", "--extra-exemplars", str(extra_npz)],
             (2, 4),
         ),
     }
@@ -317,12 +317,12 @@ def test_cli_generate_layouts(
         ("generate", ["--temperature", "-1"], "temperature"),
         ("generate", ["--cyclic", "3", "--interpolate"], "pick one"),
         ("generate", ["--interpolate", "--steps", "1"], "--steps"),
-        ("generate", ["--exemplars", "WIDE"], "D=100"),
-        ("generate", ["--exemplars", "EXTRA", "--gaussian"], "only the exemplar prior"),
-        ("evaluate", ["--exemplars", "WIDE"], "D=100"),
-        ("evaluate", ["--exemplars", "EXTRA", "--gaussian"], "only the exemplar prior"),
-        ("evaluate", ["--add-val-exemplars", "--gaussian"], "only the exemplar prior"),
-        ("evaluate", ["--add-val-exemplars", "--split", "val"], "against themselves"),
+        ("generate", ["--extra-exemplars", "WIDE"], "D=100"),
+        ("generate", ["--extra-exemplars", "EXTRA", "--gaussian"], "only the exemplar prior"),
+        ("evaluate", ["--extra-exemplars", "WIDE"], "D=100"),
+        ("evaluate", ["--extra-exemplars", "EXTRA", "--gaussian"], "only the exemplar prior"),
+        ("evaluate", ["--with-val", "--gaussian"], "only the exemplar prior"),
+        ("evaluate", ["--with-val", "--split", "val"], "against themselves"),
     ],
 )
 def test_cli_bad_exemplar_input_writes_nothing(

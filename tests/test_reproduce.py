@@ -65,7 +65,7 @@ def test_reproduce_on_digits_writes_a_table_and_reuses_finished_runs(
 ) -> None:
     presets, out = _digits_presets(tmp_path / "presets"), tmp_path / "out"
     args = ["-q", "reproduce", "--presets", str(presets), "--dataset", "digits", "--prior", "gaussian", "exemplar",
-            "--seeds", "2", "--budget", "2", "--train-size", "300", "--test-limit", "20", "--samples", "10",
+            "--seeds", "2", "--epochs", "2", "--train-size", "300", "--limit", "20", "--samples", "10",
             "--candidates", "50",
             "--device", "cpu", "--no-progress", "--out", str(out)]  # fmt: skip
     assert main(args) == 0
@@ -98,11 +98,11 @@ def test_reproduce_refuses_a_folder_with_another_configuration(
 ) -> None:
     presets, out = _digits_presets(tmp_path / "presets"), tmp_path / "out"
     base = ["-q", "reproduce", "--presets", str(presets), "--dataset", "digits", "--prior", "gaussian",
-            "--seeds", "1", "--train-size", "200", "--test-limit", "5", "--samples", "5", "--device", "cpu",
+            "--seeds", "1", "--train-size", "200", "--limit", "5", "--samples", "5", "--device", "cpu",
             "--no-progress", "--out", str(out)]  # fmt: skip
-    assert main([*base, "--budget", "1"]) == 0
+    assert main([*base, "--epochs", "1"]) == 0
     capsys.readouterr()
-    assert main([*base, "--budget", "3"]) == 2
+    assert main([*base, "--epochs", "3"]) == 2
     assert "different configuration" in capsys.readouterr().err
 
 
@@ -111,8 +111,8 @@ def test_reproduce_refuses_a_folder_with_another_configuration(
     [
         (["--dataset", "celeba"], "no paper preset for celeba-mlp-gaussian"),
         (["--dataset", "mnist", "--seeds", "0"], "--seeds must be at least 1"),
-        (["--dataset", "mnist", "--budget", "0"], "epochs (--epochs) must be at least 1"),
-        (["--dataset", "mnist", "--test-limit", "0"], "--test-limit must be at least 1"),
+        (["--dataset", "mnist", "--epochs", "0"], "epochs (--epochs) must be at least 1"),
+        (["--dataset", "mnist", "--limit", "0"], "--limit must be at least 1"),
         (["--dataset", "mnist", "--check-exact", "-1"], "--check-exact must be >= 0"),
         (["--prior", "gaussian"], "--dataset is required"),
     ],
@@ -139,7 +139,7 @@ def test_reproduce_restarts_a_run_interrupted_before_its_first_checkpoint(
 ) -> None:
     presets, out = _digits_presets(tmp_path / "presets"), tmp_path / "out"
     args = ["-q", "reproduce", "--presets", str(presets), "--dataset", "digits", "--prior", "gaussian",
-            "--seeds", "1", "--budget", "1", "--train-size", "200", "--test-limit", "5", "--samples", "5",
+            "--seeds", "1", "--epochs", "1", "--train-size", "200", "--limit", "5", "--samples", "5",
             "--device", "cpu", "--no-progress", "--out", str(out)]  # fmt: skip
     assert main(args) == 0
     run = out / "digits-mlp-gaussian" / "seed1"
@@ -155,7 +155,7 @@ def test_reproduce_restarts_a_run_interrupted_before_its_first_checkpoint(
 def test_table_only_tabulates_what_exists(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     presets, out = _digits_presets(tmp_path / "presets"), tmp_path / "out"
     base = ["-q", "reproduce", "--presets", str(presets), "--dataset", "digits", "--prior", "gaussian",
-            "--budget", "1", "--train-size", "200", "--test-limit", "5", "--samples", "5", "--device", "cpu",
+            "--epochs", "1", "--train-size", "200", "--limit", "5", "--samples", "5", "--device", "cpu",
             "--no-progress", "--out", str(out)]  # fmt: skip
     assert main([*base, "--table-only", "--seeds", "2"]) == 2
     assert "no evaluated runs" in capsys.readouterr().err

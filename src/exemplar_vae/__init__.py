@@ -12,11 +12,12 @@ from exemplar_vae.evaluation import evaluate_density
 from exemplar_vae.models import VAE, build_vae
 from exemplar_vae.objectives import elbo_terms, importance_sampled_log_likelihood
 from exemplar_vae.pipeline import evaluate_run, generate_pictures, probe_run, train
+from exemplar_vae.pretrained import from_pretrained
 from exemplar_vae.priors import PRIORS, build_prior
 from exemplar_vae.runs import build_model, load_run, load_run_config, prepare
 from exemplar_vae.validation import validate, validate_eval
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place for the version: pyproject.toml reads it (setuptools dynamic attr)
 
 __all__ = [
     "PRIORS",
@@ -38,6 +39,7 @@ __all__ = [
     "elbo_terms",
     "evaluate_density",
     "evaluate_run",
+    "from_pretrained",
     "generate_pictures",
     "importance_sampled_log_likelihood",
     "load_dataset",

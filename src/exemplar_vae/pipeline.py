@@ -16,7 +16,7 @@ from torch import Tensor
 
 from exemplar_vae import distributed
 from exemplar_vae.config import EvalConfig, RunConfig
-from exemplar_vae.data import DataSplits
+from exemplar_vae.data import DataInput, DataSplits
 from exemplar_vae.errors import CheckpointError, ConfigError
 from exemplar_vae.evaluation import DEFAULT_KS, evaluate_density, knn_probe, tsne_plot
 from exemplar_vae.generation import (
@@ -29,15 +29,28 @@ from exemplar_vae.generation import (
 from exemplar_vae.io import BEST, CONFIG, EVALUATION, LAST, METRICS, atomic_write_json
 from exemplar_vae.models import VAE
 from exemplar_vae.runs import (
+    DATA_RECORD,
     build_model,
+    check_data,
+    data_record,
     extra_sources,
     load_run,
     prepare,
+    python_data_error,
+    read_data_record,
     resolve_device,
+    run_data,
 )
-from exemplar_vae.training import Trainer, TrainResult, load_checkpoint
+from exemplar_vae.training import (
+    Callback,
+    CurvesCallback,
+    TensorBoardLogger,
+    Trainer,
+    TrainResult,
+    load_checkpoint,
+)
 from exemplar_vae.validation import validate, validate_eval
-from exemplar_vae.viz import plot_training_curves, save_image_grid
+from exemplar_vae.viz import save_image_grid
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +60,9 @@ def train(
     run_dir: str | Path | None = None,
     resume: bool = False,
     progress: bool = True,
-    data: DataSplits | None = None,
+    data: DataInput | None = None,
+    callbacks: Sequence[Callback] = (),
+    tensorboard: bool = False,
 ) -> tuple[VAE, TrainResult]:
     """Train a model as ``config`` says.
 
@@ -57,7 +72,19 @@ def train(
         resume: continue the run in ``run_dir`` from its last checkpoint; ``config`` must be the saved one
             (``load_run_config``), with ``train.epochs`` changed if more epochs are wanted.
         progress: show progress bars.
-        data: already-loaded data matching ``config.data`` (optional).
+        data: the data to train on instead of loading ``config.data.dataset``: already-loaded splits
+            (``DataSplits``, used as they are), or images held in Python in any form
+            ``data.as_splits`` accepts (Tensor, NumPy array, (x, y), Dataset, DataLoader), converted
+            with ``config.data.binarize`` and cut to ``config.data.train_size``.
+        callbacks: called after every epoch with its metrics (``training.Callback``); with a run folder,
+            RUN_DIR/curves.png is also rewritten every epoch.
+        tensorboard: also log every epoch's metrics to RUN_DIR/tensorboard (needs the ``tensorboard``
+            extra; checked before training starts).
+
+    A run folder records where its data came from in RUN_DIR/data.json (``runs.DATA_RECORD``: source
+    "dataset" or "python", name, fingerprint, num_train, image_shape, binary), so that ``load_run``
+    reloads the same data, or asks for it when it came from Python. Resuming checks that the data has
+    the fingerprint recorded.
 
     Under torchrun (``torchrun --nproc_per_node=W ...``) every process calls this with the same
     arguments; ``config.train.batch_size`` is the global batch, rank 0 writes the run folder.
@@ -78,29 +105,47 @@ def train(
                 f"{run_dir} already holds a run; pass --resume to continue it or pick another --out"
             )
     torch.manual_seed(config.train.seed)
+    splits: DataSplits
+    given = data is not None
     if data is None:
-        config, data = prepare(config)
+        config, splits = prepare(config)
+        source = "dataset"
     else:
-        config = validate(config, data.num_train)
+        splits, source = run_data(config, data)
+        config = validate(config, splits.num_train, splits.data_dim)
+    data = splits
     if distributed.world_size() > data.num_train:
         raise ConfigError(f"{distributed.world_size()} processes for {data.num_train} training examples")
     device = resolve_device(distributed.local_device(config.train.device))
     model = build_model(config, data, device)
-    trainer = Trainer(model, data, config, run_dir, progress=progress)
+    watchers = list(callbacks)
+    if tensorboard:
+        if run_dir is None:
+            raise ConfigError("tensorboard logging needs a run folder")
+        watchers.append(TensorBoardLogger(run_dir / "tensorboard"))
     if run_dir is not None:
+        watchers.append(CurvesCallback(run_dir / "curves.png"))
+    trainer = Trainer(model, data, config, run_dir, progress=progress, callbacks=watchers)
+    if run_dir is not None:
+        record = data_record(splits, source) if resume or distributed.is_main() else None
         if resume:  # everything the checkpoint must agree with is checked before a file is touched
+            on_disk = read_data_record(run_dir)
+            if on_disk is not None and on_disk["source"] == "python" and not given:
+                raise python_data_error(run_dir, on_disk, "train")
+            assert record is not None
+            check_data(run_dir, on_disk, splits, record["fingerprint"])
             trainer.resume()
         distributed.barrier()  # every rank has checked the folder before rank 0 writes into it
         if distributed.is_main():
             run_dir.mkdir(parents=True, exist_ok=True)
             config.save(run_dir / CONFIG)
+            if record is not None and not (resume and (run_dir / DATA_RECORD).is_file()):
+                atomic_write_json(run_dir / DATA_RECORD, record)
         distributed.barrier()
     logger.info("training %s prior on %s: %s", config.prior.name, data.name, data.summary())
     result = trainer.fit()
     if run_dir is not None and (run_dir / BEST).is_file():
         model.load_state_dict(load_checkpoint(run_dir / BEST, map_location=device)["model"])
-        if result.history and distributed.is_main():
-            plot_training_curves(trainer.history, run_dir / "curves.png")
     return model, result
 
 
@@ -126,9 +171,7 @@ def evaluate_run(
     """
     config = validate_eval(config if config is not None else EvalConfig())
     if add_val_exemplars and config.split == "val":
-        raise ConfigError(
-            "--add-val-exemplars with --split val would score the validation images against themselves"
-        )
+        raise ConfigError("--with-val with --split val would score the validation images against themselves")
     if out is not None and Path(out).suffix.lower() != ".json":
         raise ConfigError(f"--out must be a .json file, got '{out}'")
     distributed.start(device)  # under torchrun the test points are split across the processes

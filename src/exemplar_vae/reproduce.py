@@ -270,7 +270,7 @@ def reproduce(
     if budget.samples < 1:
         raise ConfigError(f"--samples must be at least 1, got {budget.samples}")
     if budget.test_limit is not None and budget.test_limit < 1:
-        raise ConfigError(f"--test-limit must be at least 1, got {budget.test_limit}")
+        raise ConfigError(f"--limit must be at least 1, got {budget.test_limit}")
     if check_exact < 0:
         raise ConfigError(f"--check-exact must be >= 0, got {check_exact}")
     if budget.candidates is not None and budget.candidates < 1:

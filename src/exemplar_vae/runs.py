@@ -8,14 +8,27 @@ tools, the CLI -- goes through ``load_run``.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from exemplar_vae.config import RunConfig
-from exemplar_vae.data import DataSplits, load_dataset, npz_images, read_npz
+from exemplar_vae.data import (
+    DATASETS,
+    DataInput,
+    DataSplits,
+    as_splits,
+    canonical_name,
+    fingerprint,
+    load_dataset,
+    npz_images,
+    read_npz,
+    take_train,
+)
 from exemplar_vae.errors import CheckpointError, ConfigError, DataError
 from exemplar_vae.io import BEST, CONFIG, LAST
 from exemplar_vae.models import VAE, build_vae
@@ -23,6 +36,8 @@ from exemplar_vae.training import load_checkpoint
 from exemplar_vae.validation import validate
 
 logger = logging.getLogger(__name__)
+
+DATA_RECORD = "data.json"  # where a run's data came from: source, name, fingerprint, size, shape, binary
 
 
 def resolve_device(name: str) -> torch.device:
@@ -47,12 +62,111 @@ def prepare(config: RunConfig) -> tuple[RunConfig, DataSplits]:
         train_size=config.data.train_size,
         binarize=config.data.binarize,
     )
-    return validate(config, data.num_train), data
+    return validate(config, data.num_train, data.data_dim), data
+
+
+# --------------------------------------------------------------------------- where a run's data came from
+
+
+def _dataset_name(dataset: str) -> str:
+    """The name ``load_dataset(dataset)`` gives its splits: the registered name, an image folder's name,
+    or an ``.npz`` file's stem."""
+    key = canonical_name(dataset)
+    if key in DATASETS:
+        return key
+    path = Path(dataset).expanduser()
+    return path.resolve().name if path.is_dir() else path.stem
+
+
+def run_data(config: RunConfig, data: DataInput) -> tuple[DataSplits, str]:
+    """The splits of data passed to ``train``/``load_run``, and where they came from.
+
+    A ``DataSplits`` is used as it is; it counts as the configured dataset (source "dataset") when its
+    name is the one ``load_dataset(config.data.dataset)`` gives (e.g. splits ``prepare`` loaded), else as
+    data from Python (source "python"). Any other form goes through ``as_splits`` with
+    ``config.data.binarize``, keeps the first ``config.data.train_size`` training examples, as a dataset
+    would, and is data from Python.
+    """
+    if isinstance(data, DataSplits):
+        return data, "dataset" if data.name == _dataset_name(config.data.dataset) else "python"
+    splits = as_splits(data, binarize=config.data.binarize)
+    return take_train(splits, config.data.train_size), "python"
+
+
+def data_record(splits: DataSplits, source: str) -> dict[str, Any]:
+    """The document of RUN_DIR/data.json for a run trained on ``splits`` ("dataset" or "python")."""
+    return {
+        "source": source,
+        "name": splits.name,
+        "fingerprint": fingerprint(splits),
+        "num_train": splits.num_train,
+        "image_shape": list(splits.image_shape),
+        "binary": splits.binary,
+    }
+
+
+def read_data_record(run_dir: str | Path) -> dict[str, Any] | None:
+    """RUN_DIR/data.json, or None for a run written before runs recorded their data.
+
+    Raises:
+        ConfigError: the file is not a JSON object with a source and a fingerprint.
+    """
+    path = Path(run_dir) / DATA_RECORD
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{path} is not readable JSON: {err}") from err
+    if (
+        not isinstance(record, dict)
+        or record.get("source") not in ("dataset", "python")
+        or not isinstance(record.get("fingerprint"), str)
+    ):
+        raise ConfigError(f"{path} is not a data record (a source 'dataset' or 'python', and a fingerprint)")
+    return record
+
+
+def python_data_error(run_dir: Path, record: dict[str, Any], call: str) -> ConfigError:
+    """The error for a run trained on data from Python that ``call`` was asked to use without it."""
+    return ConfigError(
+        f"{run_dir} was trained on data passed from Python (fingerprint {record['fingerprint'][:16]}...); "
+        f"pass data=... to {call}, or export the model (save_pretrained) to load it without its data"
+    )
+
+
+def check_data(
+    run_dir: Path, record: dict[str, Any] | None, splits: DataSplits, fp: str | None = None
+) -> None:
+    """Raises DataError when ``splits`` are not the data ``record`` (RUN_DIR/data.json) was written for.
+
+    Args:
+        run_dir: the run folder (for the message).
+        record: its data record; None (an older run) checks nothing.
+        splits: the data about to be used with the run.
+        fp: ``fingerprint(splits)`` when already computed.
+    """
+    if record is None:
+        return
+    now = fp if fp is not None else fingerprint(splits)
+    if now != record["fingerprint"]:
+        hint = (
+            "; it was trained on data passed from Python: pass that data as data=..."
+            if record["source"] == "python"
+            else f"; it was trained on the dataset '{record.get('name')}'"
+        )
+        raise DataError(
+            f"{run_dir}: the data differs from the data the run was trained on: fingerprint {now[:16]} != "
+            f"{record['fingerprint'][:16]} ({Path(run_dir) / DATA_RECORD}){hint}"
+        )
 
 
 def build_model(config: RunConfig, data: DataSplits, device: torch.device | str = "cpu") -> VAE:
     """A fresh VAE with the prior named in ``config``, its exemplar set the training images of ``data``."""
-    return build_vae(config.model, config.prior, data.train_store, data.image_shape, data.binary).to(device)
+    model = build_vae(
+        config.model, config.prior, data.train_store, data.image_shape, data.binary, config=config
+    )
+    return model.to(device)
 
 
 def load_run_config(run_dir: str | Path) -> RunConfig:
@@ -134,7 +248,7 @@ def load_run(
     run_dir: str | Path,
     checkpoint: str = "best",
     device: str = "auto",
-    data: DataSplits | None = None,
+    data: DataInput | None = None,
     extra_exemplars: Tensor | str | Path | None = None,
     add_val_exemplars: bool = False,
     refresh: bool = True,
@@ -148,7 +262,9 @@ def load_run(
         run_dir: a folder written by ``train``.
         checkpoint: "best" or "last".
         device: where to put the model.
-        data: the run's data if already loaded.
+        data: the run's data if already loaded, or the data it was trained on if that was passed from
+            Python (any form ``data.as_splits`` accepts; converted with the run's ``binarize`` and
+            ``train_size``, as ``train`` did).
         extra_exemplars: exemplar prior only: [n, D] images in [0, 1], or an ``.npz`` file (see
             ``load_exemplars_npz``), appended to the training images as the exemplar set.
         add_val_exemplars: exemplar prior only: also append the validation images (grey when kept).
@@ -158,15 +274,23 @@ def load_run(
     Returns:
         (model in eval mode with its prior refreshed, data, config).
 
+    The run's RUN_DIR/data.json (runs trained since runs record their data) says where its data came
+    from and holds its fingerprint: the data loaded or given here must have the same fingerprint.
+
     Raises:
-        ConfigError: extra exemplars for a prior other than the exemplar prior.
-        DataError: extra exemplars of the wrong width or with values outside [0, 1].
+        ConfigError: extra exemplars for a prior other than the exemplar prior; no ``data`` for a run
+            trained on data passed from Python.
+        DataError: extra exemplars of the wrong width or with values outside [0, 1]; data that differs
+            from the data the run was trained on (another fingerprint).
     """
     run_dir = Path(run_dir)
     if checkpoint not in ("best", "last"):
         raise ConfigError(f"checkpoint must be 'best' or 'last', got '{checkpoint}'")
     if not run_dir.is_dir():
         raise ConfigError(f"run folder {run_dir} does not exist")
+    record = read_data_record(run_dir)  # None for runs written before runs recorded their data
+    if data is None and record is not None and record["source"] == "python":
+        raise python_data_error(run_dir, record, "load_run")
     ckpt = load_checkpoint(run_dir / (BEST if checkpoint == "best" else LAST))
     config = RunConfig.from_dict(ckpt["config"])
     if (extra_exemplars is not None or add_val_exemplars) and config.prior.name != "exemplar":
@@ -176,6 +300,9 @@ def load_run(
         )
     if data is None:
         config, data = prepare(config)
+    else:
+        data, _ = run_data(config, data)
+    check_data(run_dir, record, data)
     extra = extra_exemplar_set(data, extra_exemplars, add_val_exemplars)  # [n_extra, D] or None
     dev = resolve_device(device)
     model = build_model(config, data, dev)

@@ -1,15 +1,28 @@
-"""Pictures: image grids (Pillow) and training curves (matplotlib), written atomically."""
+"""Pictures, written atomically: image grids (Pillow, a core dependency) and plots (matplotlib, optional).
+
+matplotlib is the ``plots`` extra (``pip install 'exemplar-vae[plots]'``). Without it,
+:func:`plot_training_curves` logs a warning and skips the picture (a training run or report still
+completes, without curves.png), while :func:`plot_embedding`, asked for explicitly, raises
+:class:`~exemplar_vae.errors.ConfigError` naming the extra.
+"""
 
 from __future__ import annotations
 
 import io
+import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from torch import Tensor
 
+from exemplar_vae.errors import ConfigError
 from exemplar_vae.io import atomic_write_bytes
+from exemplar_vae.optional import require
+
+logger = logging.getLogger(__name__)
+
+_SKIPPED: set[str] = set()  # curve files already warned about (the curves callback redraws every epoch)
 
 
 def grid_array(images: Tensor, image_shape: tuple[int, ...], pad: int = 1) -> np.ndarray:
@@ -44,29 +57,42 @@ def save_image_grid(images: Tensor, image_shape: tuple[int, ...], path: str | Pa
     return Path(path)
 
 
-def _pyplot():  # noqa: ANN202
-    """matplotlib.pyplot on the file-only Agg backend (imported lazily: it is slow to import)."""
-    import matplotlib
+def _pyplot(what: str) -> Any:
+    """matplotlib.pyplot on the file-only Agg backend (imported lazily: it is slow to import, and optional).
 
+    Raises:
+        ConfigError: matplotlib is not installed (the message names ``what`` and the ``plots`` extra).
+    """
+    matplotlib = require("matplotlib", "plots", what)
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return require("matplotlib.pyplot", "plots", what)
 
 
-def _save_figure(fig, path: str | Path) -> Path:  # noqa: ANN001
+def _save_figure(plt: Any, fig: Any, path: str | Path) -> Path:
     """Write a matplotlib figure as PNG atomically and close it."""
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
-    _pyplot().close(fig)
+    plt.close(fig)
     atomic_write_bytes(Path(path), buf.getvalue())
     return Path(path)
 
 
-def plot_training_curves(history: list[dict[str, Any]], path: str | Path) -> Path:
-    """Plot train/validation loss (and the exemplar prior's log-variance if present) per epoch as PNG."""
-    plt = _pyplot()
+def plot_training_curves(history: list[dict[str, Any]], path: str | Path) -> Path | None:
+    """Plot train/validation loss (and the exemplar prior's log-variance if present) per epoch as PNG.
+
+    Returns:
+        ``path``; or None when matplotlib (the ``plots`` extra) is not installed: then nothing is
+        written and a warning is logged (once per file), so a training run or report goes on without
+        its curves.png.
+    """
+    try:
+        plt = _pyplot("plotting the training curves")
+    except ConfigError as err:
+        if str(path) not in _SKIPPED:
+            _SKIPPED.add(str(path))
+            logger.warning("skipping %s: %s", path, err)
+        return None
 
     epochs = [m["epoch"] for m in history]
     has_var = any("prior_log_var" in m for m in history)
@@ -84,7 +110,7 @@ def plot_training_curves(history: list[dict[str, Any]], path: str | Path) -> Pat
         ax2.set_xlabel("epoch")
         ax2.set_ylabel("exemplar prior log sigma^2")
         ax2.grid(alpha=0.3)
-    return _save_figure(fig, path)
+    return _save_figure(plt, fig, path)
 
 
 def plot_embedding(
@@ -102,8 +128,11 @@ def plot_embedding(
         path: the PNG file.
         title: the figure's title.
         label_names: names of labels 0, 1, ... for the legend (default: the numbers).
+
+    Raises:
+        ConfigError: matplotlib (the ``plots`` extra) is not installed.
     """
-    plt = _pyplot()
+    plt = _pyplot("plotting an embedding")
 
     classes = sorted(int(c) for c in np.unique(labels))
     cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
@@ -119,4 +148,4 @@ def plot_embedding(
     if title:
         ax.set_title(title)
     ax.legend(markerscale=3, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
-    return _save_figure(fig, path)
+    return _save_figure(plt, fig, path)

@@ -45,7 +45,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument(
         "--ks", type=int, nargs="+", default=list(KS), metavar="K", help="k values >= 1 (default 1 5 10 50)"
     )
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:N")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 

@@ -25,7 +25,7 @@ def add_parsers(sub: Any) -> None:
         "classify each test code by a majority vote of its k nearest training codes (Euclidean, faiss; "
         "ties go to the nearest neighbour's class) and print accuracy and error for each k.",
     )
-    p.add_argument("run_dir", type=Path)
+    p.add_argument("run_dir", type=Path, help="run folder written by train")
     p.add_argument(
         "--k", type=int, nargs="+", default=list(DEFAULT_KS),
         help=f"numbers of neighbours (default {' '.join(map(str, DEFAULT_KS))})",
@@ -39,7 +39,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--tsne-points", type=int, default=2000, help="test codes in the t-SNE map (default 2000)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--out", type=Path, default=None, help="also write what is printed (table or JSON) here")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:N")
     p.add_argument("--seed", type=int, default=0, help="picks the t-SNE points and seeds t-SNE")
 
 

@@ -1,7 +1,15 @@
 """``exemplar-vae train | evaluate | generate | report | table``: parse -> config -> Python API
 (``exemplar_vae.pipeline``, ``exemplar_vae.report``); the other subcommands live in their own modules.
 
-Every error the library raises for bad input becomes one ``error: ...`` line and exit status 2.
+Exit status: 0 done; 2 bad usage (argparse) or bad input (every ``ExemplarVAEError``: ``ConfigError``,
+``DataError``, ``CheckpointError``), printed as one ``error: ...`` line; 1 a run that started and failed
+(``errors.RunFailed``, e.g. training diverged); 130 interrupted.
+
+One flag means one thing in every subcommand (``tests/test_cli_options.py`` checks every registered
+subcommand): ``--out`` is where the output goes, ``--limit n`` the first n examples the command works
+through, ``--seeds n`` seeds 1..n, ``--exemplars M`` train's exemplars per step and ``--extra-exemplars FILE``
+images added to a trained model's exemplar set. ``-q`` works before or after the subcommand; progress bars
+show only on a terminal, without ``-q`` or ``--no-progress``.
 """
 
 from __future__ import annotations
@@ -14,8 +22,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from exemplar_vae import __version__, distributed, pipeline, report
-from exemplar_vae.cli import ablate, downstream, explore, reproduce
+from exemplar_vae import __version__, distributed, errors, pipeline, report
+from exemplar_vae.cli import ablate, downstream, explain, explore, export, reproduce
 from exemplar_vae.config import EvalConfig, RunConfig
 from exemplar_vae.errors import ExemplarVAEError
 from exemplar_vae.io import atomic_write_text
@@ -79,8 +87,67 @@ TRAIN_FLAGS: dict[str, tuple[str, str, type, str]] = {
 }
 
 
+DEVICE_HELP = "auto (a GPU if there is one), cpu, cuda, cuda:N"
+QUIET_HELP = "only warnings and results: no info logs, no progress bars (before or after the subcommand)"
+NO_PROGRESS_HELP = "no progress bars (there are none anyway when stderr is not a terminal, or with -q)"
+
+# Renamed flags whose old spelling still works, hidden from --help, with a warning: command -> {old: new}.
+# Subcommand modules may add theirs as ``DEPRECATED_FLAGS``. evaluate/generate --exemplars FILE is not
+# kept: --exemplars is train's M, an int (the images are --extra-exemplars FILE).
+DEPRECATED_FLAGS: dict[str, dict[str, str]] = {"evaluate": {"--add-val-exemplars": "--with-val"}}
+DEPRECATED_USED = "deprecated_flags_used"  # the namespace attribute listing the old spellings given
+
+
 def _dest(flag: str) -> str:
     return flag.lstrip("-").replace("-", "_")
+
+
+class _DeprecatedFlag(argparse.Action):
+    """The old spelling of a renamed flag: sets the new flag's value; main() logs a warning."""
+
+    def __init__(self, option_strings: list[str], dest: str, new: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, **kwargs)
+        self.new = new
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
+        used = getattr(namespace, DEPRECATED_USED, [])
+        setattr(namespace, DEPRECATED_USED, [*used, f"{option_string} is deprecated; use {self.new}"])
+
+
+def _add_deprecated_flag(p: argparse.ArgumentParser, old: str, new: str) -> None:
+    target = p._option_string_actions[new]
+    shape: dict[str, Any] = {"nargs": 0, "const": target.const}  # a switch (store_true, store_const)
+    if target.nargs != 0:
+        shape = {"nargs": target.nargs, "type": target.type, "choices": target.choices}
+        shape["metavar"] = target.metavar
+    p.add_argument(
+        old, action=_DeprecatedFlag, new=new, dest=target.dest, default=argparse.SUPPRESS,
+        help=argparse.SUPPRESS, **shape,
+    )  # fmt: skip
+
+
+def deprecated_flags() -> dict[str, dict[str, str]]:
+    """Every subcommand's hidden old spellings: command -> {old flag: new flag}."""
+    merged = {cmd: dict(flags) for cmd, flags in DEPRECATED_FLAGS.items()}
+    for module in _subcommand_modules():
+        for cmd, flags in getattr(module, "DEPRECATED_FLAGS", {}).items():
+            merged.setdefault(cmd, {}).update(flags)
+    return merged
+
+
+def subcommand_parsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The parser of every subcommand (aliases included), by name."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,15 +156,21 @@ def build_parser() -> argparse.ArgumentParser:
         description="Exemplar VAEs: train, evaluate and sample VAEs with exemplar, VampPrior, MoG or Gaussian priors.",
     )
     parser.add_argument("--version", action="version", version=f"exemplar-vae {__version__}")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and results")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
+    sub = parser.add_subparsers(
+        dest="command", required=True, help="what to do; `exemplar-vae COMMAND --help` lists its options"
+    )
 
     p = sub.add_parser("train", help="train a model; writes config.json, metrics.jsonl, best.pt, last.pt")
     p.add_argument("--out", required=True, type=Path, help="run folder to create (or to --resume)")
     p.add_argument("--config", type=Path, help="a config.json to start from (flags override it)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
     p.add_argument("--no-leave-one-out", action="store_true", help="let a training point be its own exemplar")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
+    p.add_argument(
+        "--tensorboard", action="store_true",
+        help="also log every epoch's metrics to OUT/tensorboard (needs the tensorboard extra)",
+    )  # fmt: skip
     p.add_argument(
         "--binarize", action=argparse.BooleanOptionalAction, default=None,
         help="binary data with dynamic binarisation and a Bernoulli likelihood, or (--no-binarize) 8-bit "
@@ -108,13 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(flag, type=typ, default=None, help=help_)
 
     p = sub.add_parser("evaluate", help="test ELBO and importance-sampled log-likelihood (nats per example)")
-    p.add_argument("run_dir", type=Path)
+    p.add_argument("run_dir", type=Path, help="run folder written by train")
     p.add_argument("--samples", type=int, default=5000, help="importance samples per example (default 5000)")
-    p.add_argument("--split", choices=("test", "val"), default="test")
+    p.add_argument("--split", choices=("test", "val"), default="test", help="split to score (default test)")
     p.add_argument("--limit", type=int, default=None, help="score only the first n examples of the split")
-    p.add_argument("--batch-size", type=int, default=100, help="test points scored together")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=100, help="test points scored together (default 100)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--seed", type=int, default=0, help="seed of the importance samples (default 0)")
     p.add_argument(
         "--candidates", type=int, default=1000,
         help="exemplar prior: score each test point against the K exemplars nearest its encoder mean "
@@ -139,23 +212,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="at most this fraction of the N exemplars evaluated exactly per test point (default 0.5)",
     )  # fmt: skip
     p.add_argument(
-        "--exemplars", type=Path, default=None, metavar="EXTRA.npz",
+        "--extra-exemplars", type=Path, default=None, metavar="EXTRA.npz",
         help="exemplar prior: add the images (array x) of this .npz file to the exemplar set, no retraining",
     )  # fmt: skip
     p.add_argument(
-        "--add-val-exemplars", action="store_true",
+        "--with-val", action="store_true",
         help="exemplar prior: add the validation images (grey) to the exemplar set",
     )  # fmt: skip
     p.add_argument(
         "--out", type=Path, default=None, help="write the JSON here (default RUN_DIR/evaluation.json)"
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
 
     p = sub.add_parser(
         "generate", help="PNG grid of prior samples, exemplar variations, cyclic chains or interpolations"
     )
-    p.add_argument("run_dir", type=Path)
+    p.add_argument("run_dir", type=Path, help="run folder written by train")
     p.add_argument("--out", required=True, type=Path, help="PNG file to write")
     p.add_argument(
         "--n", type=int, default=64, help="samples, or rows with --from-exemplars/--cyclic/--interpolate"
@@ -176,27 +249,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="multiplies the sampling std of the prior (or of r(z|x) for the row layouts); default 1",
     )  # fmt: skip
     p.add_argument(
-        "--exemplars", type=Path, default=None, metavar="EXTRA.npz",
+        "--extra-exemplars", type=Path, default=None, metavar="EXTRA.npz",
         help="exemplar prior: add these images (array x) to the exemplar set; exemplar rows and pairs are "
         "then drawn from them",
     )  # fmt: skip
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p = sub.add_parser("report", help="samples.png, exemplars.png, curves.png and report.md in a run folder")
-    p.add_argument("run_dir", type=Path)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("run_dir", type=Path, help="run folder written by train")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--seed", type=int, default=0, help="random seed of the pictures (default 0)")
     p = sub.add_parser("table", help="markdown table of evaluated runs (from their evaluation.json)")
-    p.add_argument("run_dirs", type=Path, nargs="+")
+    p.add_argument("run_dirs", type=Path, nargs="+", help="run folders that hold an evaluation.json")
     p.add_argument("--out", type=Path, help="also write the table to this file")
     for module in _subcommand_modules():
         module.add_parsers(sub)
+    for p in {id(p): p for p in sub.choices.values()}.values():  # -q after the subcommand too; SUPPRESS:
+        if "-q" not in p._option_string_actions:  # absent, it does not overwrite a -q given before it
+            p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=QUIET_HELP)
+    for command, flags in deprecated_flags().items():
+        for old, new in flags.items():
+            _add_deprecated_flag(sub.choices[command], old, new)
     return parser
 
 
 # Further subcommands live in their own modules, each with ``add_parsers(sub)`` (adds its parsers) and
-# ``COMMANDS`` (name -> function(args) -> exit code).
-SUBCOMMAND_MODULES = (downstream, explore, ablate, reproduce)
+# ``COMMANDS`` (name -> function(args) -> exit code); optionally ``DEPRECATED_FLAGS`` (see above).
+SUBCOMMAND_MODULES = (downstream, explore, explain, export, ablate, reproduce)
 
 
 def _subcommand_modules() -> list[Any]:
@@ -240,7 +319,9 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 def cmd_train(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    _, result = pipeline.train(config, args.out, resume=args.resume, progress=not args.no_progress)
+    _, result = pipeline.train(
+        config, args.out, resume=args.resume, progress=not args.no_progress, tensorboard=args.tensorboard
+    )
     summary = {
         "run_dir": str(args.out),
         "epochs_run": result.epochs_run,
@@ -260,8 +341,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         budget=args.certify_budget, seed=args.seed, split=args.split, limit=args.limit,
     )  # fmt: skip
     result = pipeline.evaluate_run(
-        args.run_dir, config, args.device, progress=not args.no_progress, extra_exemplars=args.exemplars,
-        add_val_exemplars=args.add_val_exemplars, out=args.out,
+        args.run_dir, config, args.device, progress=not args.no_progress,
+        extra_exemplars=args.extra_exemplars, add_val_exemplars=args.with_val, out=args.out,
     )  # fmt: skip
     if not distributed.is_main():
         return 0
@@ -300,7 +381,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     path = pipeline.generate_pictures(
         args.run_dir, args.out, args.n, args.from_exemplars, args.variations, args.device, args.seed,
-        extra_exemplars=args.exemplars, temperature=args.temperature, cyclic=args.cyclic,
+        extra_exemplars=args.extra_exemplars, temperature=args.temperature, cyclic=args.cyclic,
         interpolate=args.interpolate, steps=args.steps,
     )  # fmt: skip
     print(f"wrote {path}")
@@ -337,14 +418,22 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    for warning in getattr(args, DEPRECATED_USED, []):
+        logger.warning(warning)
+    # progress bars only on a terminal, and neither with -q nor with --no-progress (every command reads
+    # args.no_progress, whether or not it has the flag)
+    args.no_progress = (
+        getattr(args, "no_progress", False) or args.quiet or launch.rank > 0 or not sys.stderr.isatty()
+    )
     commands = dict(COMMANDS)
     for module in _subcommand_modules():
         commands.update(module.COMMANDS)
+    run_failed = getattr(errors, "RunFailed", None)  # a run that started and failed: exit status 1
     try:
         return commands[args.command](args)
     except ExemplarVAEError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return 1 if run_failed is not None and isinstance(e, run_failed) else 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -40,8 +40,10 @@ def add_parsers(sub: Any) -> None:
         help="folder of preset files <dataset>-<arch>-<prior>.json (default: the paper's, shipped)",
     )  # fmt: skip
     b = p.add_argument_group("budget (default: the paper's protocol; recorded in the table)")
-    b.add_argument("--budget", "--epochs", dest="epochs", type=int, default=None, metavar="EPOCHS",
-                   help="at most this many epochs per run (the paper: 2000 with early stopping)")  # fmt: skip
+    b.add_argument(
+        "--epochs", type=int, default=None,
+        help="at most this many epochs per run (default: the paper's 2000 with early stopping)",
+    )  # fmt: skip
     b.add_argument("--warmup", type=int, default=None, help="KL warm-up epochs (default min(100, EPOCHS/4))")
     b.add_argument(
         "--early-stopping", type=int, default=None, help="patience after warm-up (paper 50; 0 off)"
@@ -52,7 +54,7 @@ def add_parsers(sub: Any) -> None:
         "--search", choices=SEARCH_NAMES, default=None,
         help="exemplar rows trained with retrieval (k > 0): exact (default) or ivf search",
     )  # fmt: skip
-    b.add_argument("--test-limit", type=int, default=None, help="evaluate on the first n test images")
+    b.add_argument("--limit", type=int, default=None, help="evaluate on the first n test images (all)")
     b.add_argument("--samples", type=int, default=5000, help="importance samples per test image (5000)")
     b.add_argument("--check-exact", type=int, default=0,
                    help="exemplar prior: re-score n test points with the full prior (truncation error)")  # fmt: skip
@@ -61,7 +63,7 @@ def add_parsers(sub: Any) -> None:
         help="exemplar prior: score each test image against its K nearest exemplars (lower bound; default "
         "1000); 0 = all N (exact, slow)",
     )  # fmt: skip
-    b.add_argument("--device", default="auto")
+    b.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:N")
     b.add_argument(
         "--amp", default="off", choices=list(AMP_DTYPES), help="mixed precision for training steps"
     )
@@ -69,7 +71,7 @@ def add_parsers(sub: Any) -> None:
         "--table-only", action="store_true",
         help="train and evaluate nothing: tabulate the runs in --out that have an evaluation.json so far",
     )  # fmt: skip
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
@@ -86,8 +88,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     presets = rep.find_presets(args.dataset, args.arch, args.prior, args.presets)
     budget = rep.Budget(
         epochs=args.epochs, warmup=args.warmup, early_stopping=args.early_stopping, train_size=args.train_size,
-        knn=args.knn, search=args.search, test_limit=args.test_limit, samples=args.samples, device=args.device, amp=args.amp,
-        candidates=args.candidates or None,
+        knn=args.knn, search=args.search, test_limit=args.limit, samples=args.samples, device=args.device,
+        amp=args.amp, candidates=args.candidates or None,
     )  # fmt: skip
     if args.table_only:
         rows = rep.collect(presets, args.seeds, args.out)
@@ -102,3 +104,5 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"reproduce": cmd_reproduce}
+# old spellings, hidden, that still work with a warning (see cli.main.DEPRECATED_FLAGS)
+DEPRECATED_FLAGS = {"reproduce": {"--budget": "--epochs", "--test-limit": "--limit"}}

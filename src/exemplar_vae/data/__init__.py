@@ -30,6 +30,7 @@ from exemplar_vae.data.formats import (
     find_file,
     read_idx,
 )
+from exemplar_vae.data.inputs import DataInput, as_splits, fingerprint
 from exemplar_vae.data.loaders import (
     load_celeba,
     load_digits,
@@ -98,4 +99,7 @@ __all__ = [
     "validation_size",
     "ExemplarStore",
     "as_tensor",
+    "DataInput",
+    "as_splits",
+    "fingerprint",
 ]

@@ -41,6 +41,7 @@ from exemplar_vae.data.splits import (
     validation_size,
 )
 from exemplar_vae.errors import ConfigError, DataError
+from exemplar_vae.optional import require
 
 __all__ = [
     "load_celeba",
@@ -149,10 +150,13 @@ def load_digits(
     A tiny dataset bundled with scikit-learn, for quick runs and tests. Pixel values 0..16 are
     scaled to [0, 1] (so they are not 8-bit values); the split is a fixed seeded permutation.
     ``data_dir`` and ``download`` are ignored; ``train_size`` keeps the first N training images.
-    """
-    from sklearn.datasets import load_digits as sklearn_digits  # lazy: sklearn imports slowly
 
-    bunch = sklearn_digits()
+    Raises:
+        ConfigError: scikit-learn (the ``digits`` extra) is not installed.
+    """
+    # optional, and lazy: sklearn imports slowly
+    sklearn_datasets = require("sklearn.datasets", "digits", "the digits dataset")
+    bunch = sklearn_datasets.load_digits()
     x = torch.from_numpy(bunch.data).to(torch.float32).div_(16.0)  # [1797, 64]
     y = torch.from_numpy(bunch.target).to(torch.int64)
     train, val, test = random_split_indices(len(x), 300, 300, seed=SPLIT_SEED)
@@ -176,7 +180,11 @@ def load_omniglot(
         data_dir: folder with ``chardata.mat`` (None: the default search path).
         download: whether to download it when missing.
         train_size: keep only the first N (randomly ordered) training images (None: all).
+
+    Raises:
+        ConfigError: scipy (the ``omniglot`` extra) is not installed.
     """
+    require("scipy.io", "omniglot", "reading Omniglot's chardata.mat")  # before any download
     chardata = read_chardata(omniglot_file(data_dir, download))
     train_idx, val_idx = omniglot_split(len(chardata.train_x))
     x, y = torch.from_numpy(chardata.train_x), torch.from_numpy(chardata.train_y)  # [N, 784], [N]

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from exemplar_vae.errors import DataError
+from exemplar_vae.optional import require
 
 __all__ = [
     "OMNIGLOT_FILE",
@@ -90,15 +91,18 @@ def columns_to_images(columns: np.ndarray) -> np.ndarray:
 
 
 def _load_mat(path: Path) -> dict[str, np.ndarray]:
-    """The variables of a MATLAB v5 file; DataError when it cannot be read."""
-    from scipy.io import loadmat  # type: ignore[import-untyped]  # lazy: scipy imports slowly
-    from scipy.io.matlab import MatReadError  # type: ignore[import-untyped]
+    """The variables of a MATLAB v5 file; DataError when it cannot be read.
+
+    Raises:
+        ConfigError: scipy (the ``omniglot`` extra) is not installed.
+    """
+    scipy_io = require("scipy.io", "omniglot", "reading Omniglot's chardata.mat")  # optional; slow to import
 
     if not path.is_file():
         raise DataError(f"Omniglot file {path} does not exist")
     try:
-        return loadmat(path)
-    except (MatReadError, OSError, ValueError, TypeError, NotImplementedError) as err:
+        return scipy_io.loadmat(path)
+    except (scipy_io.matlab.MatReadError, OSError, ValueError, TypeError, NotImplementedError) as err:
         raise DataError(
             f"{path} is not a readable MATLAB v5 file ({err}); expected IWAE's chardata.mat"
         ) from err

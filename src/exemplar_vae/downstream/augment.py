@@ -57,7 +57,7 @@ def round_to_8bit(p: Tensor) -> Tensor:
 def check_output(output: str) -> str:
     """``output`` if it names an output form, else ConfigError listing the valid ones."""
     if output not in OUTPUTS:
-        raise ConfigError(f"unknown output '{output}'; valid: {', '.join(OUTPUTS)}")
+        raise ConfigError(f"unknown --pixels '{output}'; valid: {', '.join(OUTPUTS)}")
     return output
 
 
@@ -234,7 +234,7 @@ def augment_run(
     out = Path(out)
     if out.suffix.lower() != ".npz":
         raise ConfigError(f"--out must be an .npz file, got '{out}'")
-    per_example = check_positive("--per-example", per_example)
+    per_example = check_positive("--variations", per_example)
     temperature = check_temperature(temperature)
     output = check_output(output)
     if limit is not None:

@@ -244,7 +244,8 @@ def compare_augmentation(
             None: only the row without augmentation.
         hidden: H, width of the two hidden layers.
         epochs: training epochs of every classifier.
-        seeds: a number n (seeds 0..n-1) or the list of seeds; each seed is one classifier per row.
+        seeds: a number n (seeds 1..n, as in the CLI and ``reproduce``) or the list of seeds; each seed is
+            one classifier per row.
         real_weight: weight of the real batch's loss in the augmented rows.
         lr: initial learning rate.
         batch_size: real images per step.
@@ -263,7 +264,7 @@ def compare_augmentation(
         ConfigError: a bad option, a missing run folder, or a run trained on another dataset.
     """
     _check_options(hidden, epochs, real_weight, lr, batch_size)
-    seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+    seed_list = list(range(1, seeds + 1)) if isinstance(seeds, int) else [int(s) for s in seeds]
     if (isinstance(seeds, int) and seeds < 1) or not seed_list:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")
     temperature = check_temperature(temperature)

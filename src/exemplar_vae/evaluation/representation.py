@@ -20,6 +20,7 @@ from torch import Tensor
 from exemplar_vae.data import DataSplits, ExemplarStore, as_tensor
 from exemplar_vae.errors import ConfigError
 from exemplar_vae.models.vae import VAE
+from exemplar_vae.optional import require
 from exemplar_vae.retrieval import encode_means, knn_search
 from exemplar_vae.viz import plot_embedding
 
@@ -181,8 +182,14 @@ def tsne_plot(
 
     Returns:
         ``path``.
+
+    Raises:
+        ConfigError: a bad path or point count, or scikit-learn or matplotlib (the ``tsne`` extra) is
+            not installed (checked before any work).
     """
-    from sklearn.manifold import TSNE  # lazy: sklearn imports slowly
+    # optional and slow to import: the tsne extra brings both (checked up front, before encoding)
+    manifold = require("sklearn.manifold", "tsne", "the t-SNE map")
+    require("matplotlib", "tsne", "the t-SNE map")
 
     path = Path(path)
     if path.suffix.lower() != ".png":
@@ -193,7 +200,7 @@ def tsne_plot(
     n = min(points, queries.shape[0])
     pick = torch.randperm(queries.shape[0], generator=torch.Generator().manual_seed(seed))[:n].sort().values
     codes = encode_codes(model, queries[pick]).double().cpu().numpy()  # [n, d]
-    tsne = TSNE(2, perplexity=min(perplexity, (n - 1) / 3), init="pca", random_state=seed)
+    tsne = manifold.TSNE(2, perplexity=min(perplexity, (n - 1) / 3), init="pca", random_state=seed)
     embedding = tsne.fit_transform(codes)  # [n, 2]
     labels = data.test_y[pick].cpu().numpy().astype(np.int64)
     if title is None:

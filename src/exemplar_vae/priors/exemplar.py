@@ -105,7 +105,11 @@ def streaming_exemplar_log_prob(
     dtype = z.dtype
     shift = centers.mean(0, dtype=dtype)  # [d]
     zc, cc = z - shift, centers.to(dtype) - shift  # [B, d], [N, d]
-    sq_max = float(zc.pow(2).sum(-1).max()) + float(cc.pow(2).sum(-1).max()) if n and z.shape[0] else 0.0
+    sq_max = (
+        float(zc.detach().pow(2).sum(-1).max() + cc.detach().pow(2).sum(-1).max())
+        if n and z.shape[0]
+        else 0.0
+    )
     precise = kernel_dtype(sq_max, float(log_var), d, dtype)
     if precise != dtype:  # a narrow kernel: the expansion in z's dtype would be off by more than tolerated
         shift = centers.double().mean(0)

@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from exemplar_vae.errors import ConfigError
+from exemplar_vae.optional import require
 from exemplar_vae.training.loop import Callback, Trainer
 from exemplar_vae.viz import plot_training_curves
 
@@ -33,12 +33,9 @@ class TensorBoardLogger(Callback):
     ``exemplar-vae[tensorboard]``); checked when the logger is made, before training starts."""
 
     def __init__(self, log_dir: str | Path) -> None:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as e:
-            raise ConfigError(
-                "the TensorBoard logger needs tensorboard: pip install 'exemplar-vae[tensorboard]'"
-            ) from e
+        require("tensorboard", "tensorboard", "the TensorBoard logger")
+        from torch.utils.tensorboard import SummaryWriter
+
         self.writer = SummaryWriter(log_dir=str(log_dir))
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
