@@ -11,7 +11,7 @@ DEMO_DIR ?= runs/demo
 DEMO_TRAIN := --dataset fashion-mnist --prior exemplar --train-size 10000 --epochs 8 --warmup 4 --knn 10 --seed 1
 DEMO_EVAL := --limit 500 --samples 1000
 
-.PHONY: demo test setup data bench lint clean
+.PHONY: demo test setup data bench gpu-check lint clean
 
 # What setup installs: the package (editable) with these extras of pyproject.toml. `test` brings pytest,
 # ruff, mypy and every CPU extra (plots, tsne, digits, omniglot, tensorboard) that the tests, the linters
@@ -54,6 +54,10 @@ test: setup data
 
 bench: setup data
 	$(PY) benchmarks/bench_train_eval.py --write
+
+# on a CUDA machine with this venv: CUDA tests, then both priors trained and evaluated (results/gpu_check.md)
+gpu-check: setup data
+	$(PY) benchmarks/gpu_check.py --out results --minutes 1.5
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks experiments
