@@ -114,7 +114,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(1)
     model = build_model(config, data, "cpu")
     if args.weights is not None:  # a trained encoder retrieves realistic unions (~1,000 exemplars a step)
-        model.load_state_dict(load_checkpoint(args.weights)["model"])
+        model.load_state_dict(load_checkpoint(args.weights, "best", model=model).model)
     prior = model.prior
     assert isinstance(prior, ExemplarPrior)
     trainer = Trainer(model, data, config, progress=False)
@@ -234,7 +234,8 @@ def main() -> None:
     p.add_argument("--compare-processes", action="store_true")
     p.add_argument(
         "--weights", type=Path, default=None,
-        help="a checkpoint of the same model (e.g. RUN/best.pt of a Fashion-MNIST exemplar run) whose weights "
+        help="a run folder of the same model (a Fashion-MNIST exemplar run), or its best.json or a legacy .pt "
+        "checkpoint, whose best weights "
         "the steps start from (default: a fresh model)",
     )  # fmt: skip
     p.add_argument("--write", action="store_true", help="write benchmarks/SCALE.md")

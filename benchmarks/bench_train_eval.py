@@ -69,7 +69,7 @@ from report import (
 from train_rows import bench_training
 
 from exemplar_vae import DataSplits, PriorConfig, load_dataset
-from exemplar_vae.io import BEST
+from exemplar_vae.training.checkpoint import has_checkpoint
 
 logger = logging.getLogger("bench")
 
@@ -148,7 +148,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--warmup must be at least 1 (the first step starts the clock), got {args.warmup}")
     if args.threads is not None and args.threads < 1:
         p.error(f"--threads must be at least 1, got {args.threads}")
-    if args.run is None and args.dataset == "fashion-mnist" and (TRAINED_RUN / BEST).is_file():
+    if args.run is None and args.dataset == "fashion-mnist" and has_checkpoint(TRAINED_RUN, "best"):
         args.run = str(TRAINED_RUN)
     if args.run in ("none", ""):
         args.run = None

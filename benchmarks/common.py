@@ -10,7 +10,6 @@ from pathlib import Path
 import torch
 
 from exemplar_vae import DataConfig, DataSplits, ModelConfig, PriorConfig, RunConfig, TrainConfig
-from exemplar_vae.io import BEST
 from exemplar_vae.models.vae import VAE
 from exemplar_vae.runs import build_model
 from exemplar_vae.training.checkpoint import load_checkpoint
@@ -52,7 +51,8 @@ def fresh_model(prior: PriorConfig, args: argparse.Namespace, data: DataSplits) 
 
 def load_trained_weights(model: VAE, args: argparse.Namespace) -> None:
     """Load the weights of the trained run ``args.run`` (its best checkpoint) into ``model``."""
-    model.load_state_dict(load_checkpoint(Path(args.run) / BEST, map_location=args.device)["model"])
+    ckpt = load_checkpoint(Path(args.run), "best", map_location=args.device, model=model)
+    model.load_state_dict(ckpt.model)
 
 
 def exemplar_count(args: argparse.Namespace, data: DataSplits) -> int:

@@ -113,7 +113,7 @@ def table(doc: dict[str, Any]) -> str:
         lines.append(
             f"| {r['prior']} | {r['train_seconds']} | {r['epochs']} | {r['ms_per_step']:.2f} | {r['s_per_epoch']:.2f} "
             f"| {r['eval_seconds']} | {r['test_points']:,} x {r['samples']} "
-            f"| {r['log_likelihood']:.2f} ± {r['std_error']:.2f} | {lv} |"
+            f"| {r['log_likelihood']:.2f} ± {'n/a' if r['std_error'] is None else format(r['std_error'], '.2f')} | {lv} |"
         )
     if doc["errors"]:
         lines += ["", "Errors:", "", "```", *doc["errors"], "```"]

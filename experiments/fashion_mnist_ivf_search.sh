@@ -11,7 +11,7 @@ EXACT=${EXACT:-runs/reproduce-fashion-mlp/fashion-mnist-mlp-exemplar}
 OUT=${OUT:-runs/ivf-compare}
 for seed in 1 2; do
   run="$OUT/ivf-seed$seed"
-  if [ ! -f "$run/best.pt" ]; then
+  if [ ! -f "$run/best.json" ] && [ ! -f "$run/best.pt" ]; then  # best.pt: runs written before
     "$CLI" train --dataset fashion-mnist --prior exemplar --exemplars 25000 --knn 10 --search ivf --nprobe 16 \
       --epochs 20 --warmup 5 --early-stopping 50 --seed "$seed" --device cpu --no-progress --out "$run"
   fi

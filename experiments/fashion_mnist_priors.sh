@@ -20,7 +20,7 @@ SAMPLES=${SAMPLES:-1000}
 
 for prior in $PRIORS; do
   run="$OUT/$prior"
-  if [ -f "$run/last.pt" ]; then
+  if [ -f "$run/last.json" ] || [ -f "$run/last.pt" ]; then  # last.pt: runs written before
     "$CLI" train --out "$run" --resume --epochs "$EPOCHS" --no-progress
   else
     "$CLI" train --dataset fashion-mnist --prior "$prior" --epochs "$EPOCHS" --warmup "$WARMUP" \

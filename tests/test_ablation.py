@@ -12,6 +12,7 @@ from exemplar_vae.ablation import ablation_grid, plan_ablation, run_ablation
 from exemplar_vae.cli.main import main
 from exemplar_vae.config import DataConfig, PriorConfig, RunConfig, TrainConfig
 from exemplar_vae.errors import ConfigError
+from exemplar_vae.io import BEST, BEST_WEIGHTS, LAST, LAST_OPTIMIZER, LAST_WEIGHTS
 
 BASE = RunConfig(data=DataConfig(dataset="digits"), prior=PriorConfig(name="exemplar", knn=10))
 ABLATE = [
@@ -148,16 +149,16 @@ def mtimes(out: Path, name: str) -> dict[str, int]:
 def test_rerun_skips_and_resumes_without_retraining(
     ablation_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    best, evaluation = mtimes(ablation_dir, "best.pt"), mtimes(ablation_dir, "evaluation.json")
+    best, evaluation = mtimes(ablation_dir, BEST), mtimes(ablation_dir, "evaluation.json")
     capsys.readouterr()
     assert main(["-q", *ABLATE, "--out", str(ablation_dir)]) == 0
     assert capsys.readouterr().out == (ablation_dir / "ablation.md").read_text()
-    assert mtimes(ablation_dir, "best.pt") == best
+    assert mtimes(ablation_dir, BEST) == best
     assert mtimes(ablation_dir, "evaluation.json") == evaluation  # nothing re-scored either
 
     (ablation_dir / "k=1" / "evaluation.json").unlink()  # trained, not evaluated: resume, evaluate only
     assert main(["-q", *ABLATE, "--out", str(ablation_dir)]) == 0
-    assert mtimes(ablation_dir, "best.pt") == best
+    assert mtimes(ablation_dir, BEST) == best
     assert (ablation_dir / "k=1" / "evaluation.json").is_file()
     assert len((ablation_dir / "k=1" / "metrics.jsonl").read_text().splitlines()) == 1
 
@@ -166,7 +167,7 @@ def test_rerun_skips_and_resumes_without_retraining(
     assert main(["-q", *ABLATE, "--seed", "3", "--out", str(ablation_dir)]) == 2
     assert "different configuration" in capsys.readouterr().err
     assert sorted(p.relative_to(ablation_dir) for p in ablation_dir.rglob("*")) == before
-    assert mtimes(ablation_dir, "best.pt") == best
+    assert mtimes(ablation_dir, BEST) == best
     with pytest.raises(ConfigError, match="already holds a run"):
         run_ablation(
             RunConfig(data=BASE.data, prior=BASE.prior, train=TrainConfig(epochs=1, warmup=1)),
@@ -183,7 +184,7 @@ def test_more_epochs_continue_the_runs(tmp_path: Path) -> None:
     rows = run_ablation(base, tmp_path, **grid)
     assert [r["name"] for r in rows] == ["base", "loo=off"]
     # "loo=off" stopped before its first checkpoint: only config.json and a metrics line are left
-    for name in ("best.pt", "last.pt", "evaluation.json"):
+    for name in (BEST, BEST_WEIGHTS, LAST, LAST_WEIGHTS, LAST_OPTIMIZER, "evaluation.json"):
         (tmp_path / "loo=off" / name).unlink()
     longer = RunConfig(data=base.data, prior=base.prior, train=TrainConfig(epochs=2, warmup=1, device="cpu"))
     rows = run_ablation(longer, tmp_path, **grid)

@@ -38,7 +38,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_train_writes_run_folder(trained_run: Path) -> None:
-    for name in ("config.json", "metrics.jsonl", "best.pt", "last.pt", "curves.png"):
+    for name in ("config.json", "metrics.jsonl", "best.json", "best.safetensors", "last.json", "curves.png"):
         assert (trained_run / name).is_file(), name
     config = json.loads((trained_run / "config.json").read_text())
     assert config["prior"]["exemplars"] == 1197 // 2  # M = N/2 resolved
@@ -205,14 +205,17 @@ def test_corrupt_checkpoint(trained_run: Path, tmp_path: Path, capsys: pytest.Ca
     broken.mkdir()
     for name in ("config.json", "metrics.jsonl"):
         (broken / name).write_bytes((trained_run / name).read_bytes())
-    data = (trained_run / "best.pt").read_bytes()
-    (broken / "best.pt").write_bytes(data[: len(data) // 2])
-    (broken / "last.pt").write_bytes(b"not a checkpoint")
+    for name in ("best.json", "last.json", "last-optimizer.safetensors"):
+        (broken / name).write_bytes((trained_run / name).read_bytes())
+    data = (trained_run / "best.safetensors").read_bytes()
+    (broken / "best.safetensors").write_bytes(data[: len(data) // 2])
+    (broken / "last.safetensors").write_bytes(b"not a checkpoint")
     code, _, err = run(["evaluate", str(broken), "--samples", "5", "--no-progress"], capsys)
-    assert code == 2 and "corrupt" in err and "best.pt" in err
+    assert code == 2 and "sha256 mismatch" in err and "best.safetensors" in err
+    assert len(err.strip().splitlines()) == 1
     assert not (broken / "evaluation.json").exists()
     code, _, err = run(["train", "--out", str(broken), "--resume", "--no-progress"], capsys)
-    assert code == 2 and "last.pt" in err
+    assert code == 2 and "last.safetensors" in err and "sha256 mismatch" in err
     code, _, err = run(["generate", str(tmp_path / "missing"), "--out", str(tmp_path / "x.png")], capsys)
     assert code == 2 and "does not exist" in err
 

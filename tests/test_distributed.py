@@ -144,8 +144,10 @@ def test_torchrun_cli_trains_and_evaluates_like_one_process(tmp_path: Path) -> N
     summaries = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     assert len(summaries) == 1 and json.loads(summaries[0])["epochs_run"] == 2  # rank 0 alone prints
     assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
-    assert {"config.json", "best.pt", "last.pt"} <= {p.name for p in run.iterdir()}
-    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+    assert {"config.json", "best.json", "best.safetensors", "last.json", "last.safetensors"} <= {
+        p.name for p in run.iterdir()
+    }
+    assert not [p for p in run.iterdir() if p.name.endswith((".tmp", ".pending"))]
     eval_args = ["-m", "exemplar_vae", "-q", "evaluate", str(run), "--samples", "50", "--batch-size", "64",
                  "--check-exact", "70", "--device", "cpu", "--no-progress"]  # fmt: skip
     proc = subprocess.run(

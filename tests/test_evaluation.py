@@ -20,7 +20,7 @@ from exemplar_vae.models.vae import VAE
 from exemplar_vae.priors.exemplar import ExemplarPrior, streaming_exemplar_log_prob
 
 # the full prior, 200 samples, batches of 10 (settings below are replacements of this one)
-EXACT = EvalConfig(samples=200, batch_size=10, candidates=None, check_exact=0)
+EXACT = EvalConfig(samples=200, batch_size=10, candidates=None, check_exact=0, escalate=False)
 
 
 def tiny_model(
@@ -207,3 +207,22 @@ def test_certified_evaluation_brackets_the_exact_estimate() -> None:
         plain["log_likelihood"] == pytest.approx(cert["log_likelihood"], abs=1e-9)
         and "certified" not in plain
     )
+
+
+def test_a_wide_kernel_escalates_to_the_full_prior() -> None:
+    """With a kernel so wide that the nearest candidates miss much of the mass, the default evaluation's
+    check sees the error and scores again with the full prior (the same samples: the exact estimate), and
+    the report says what it used; a truncation within tolerance stands."""
+    model, x = tiny_model(log_var=3.0)
+    exact = evaluate_density(model, x, EXACT, progress=False)
+    got = evaluate_density(
+        model, x, replace(EXACT, candidates=5, check_exact=10, escalate=True), progress=False
+    )
+    assert got["prior_eval"] == "exact (escalated)"
+    assert exact["log_likelihood"] - got["escalated"]["truncated_log_likelihood"] > 0.01
+    assert got["log_likelihood"] == pytest.approx(exact["log_likelihood"], abs=1e-6)
+    assert got["truncation_check"]["max_error"] > 0.005
+    # one exemplar of 300 dropped: an error below a tolerance of 0.1 / 2, so the truncated value stands
+    settings = replace(EXACT, candidates=299, check_exact=10, escalate=True, tolerance=0.1)
+    kept = evaluate_density(model, x, settings, progress=False)
+    assert kept["prior_eval"] == "truncated" and kept["truncation_check"]["max_error"] <= 0.05

@@ -10,6 +10,7 @@ import pytest
 
 from exemplar_vae import reproduce as rep
 from exemplar_vae.cli.main import main
+from exemplar_vae.io import BEST, BEST_WEIGHTS, LAST, LAST_OPTIMIZER, LAST_WEIGHTS
 from exemplar_vae.validation import validate
 
 
@@ -86,10 +87,10 @@ def test_reproduce_on_digits_writes_a_table_and_reuses_finished_runs(
     # the seeds differ, so the runs differ
     assert runs[0]["log_likelihood"] != runs[1]["log_likelihood"]
     # a second call reuses the finished runs and their evaluations
-    stamp = (out / "digits-mlp-exemplar" / "seed1" / "best.pt").stat().st_mtime_ns
+    stamp = (out / "digits-mlp-exemplar" / "seed1" / BEST).stat().st_mtime_ns
     capsys.readouterr()
     assert main(args) == 0
-    assert (out / "digits-mlp-exemplar" / "seed1" / "best.pt").stat().st_mtime_ns == stamp
+    assert (out / "digits-mlp-exemplar" / "seed1" / BEST).stat().st_mtime_ns == stamp
     assert (out / "reproduce.md").read_text() == table
 
 
@@ -143,13 +144,13 @@ def test_reproduce_restarts_a_run_interrupted_before_its_first_checkpoint(
             "--device", "cpu", "--no-progress", "--out", str(out)]  # fmt: skip
     assert main(args) == 0
     run = out / "digits-mlp-gaussian" / "seed1"
-    for name in ("last.pt", "best.pt", "reproduce_done.json"):  # as if killed during epoch 1
-        (run / name).unlink()
+    for name in (LAST, LAST_WEIGHTS, LAST_OPTIMIZER, BEST, BEST_WEIGHTS, "reproduce_done.json"):
+        (run / name).unlink()  # as if killed during epoch 1
     assert main(args) == 0
-    assert (run / "last.pt").is_file() and (run / "reproduce_done.json").is_file()
+    assert (run / LAST).is_file() and (run / "reproduce_done.json").is_file()
     # the evaluation belongs to the new checkpoint: re-made, not reused
     settings = json.loads((run / "evaluation.json").read_text())["reproduce_settings"]
-    assert settings["checkpoint_mtime_ns"] == (run / "best.pt").stat().st_mtime_ns
+    assert settings["checkpoint_mtime_ns"] == (run / BEST).stat().st_mtime_ns
 
 
 def test_table_only_tabulates_what_exists(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -22,8 +22,10 @@ from exemplar_vae import pipeline
 from exemplar_vae.config import EvalConfig, RunConfig, TrainConfig
 from exemplar_vae.data import DataSplits
 from exemplar_vae.errors import ConfigError
-from exemplar_vae.io import CONFIG, EVALUATION, LAST, METRICS, atomic_write_text, read_metrics
+from exemplar_vae.io import EVALUATION, atomic_write_text, read_metrics
+from exemplar_vae.rundir import start_over
 from exemplar_vae.runs import load_run_config, prepare, resolve_device
+from exemplar_vae.training.checkpoint import has_checkpoint
 from exemplar_vae.validation import validate
 
 logger = logging.getLogger(__name__)
@@ -207,9 +209,9 @@ def _same_run(saved: RunConfig, wanted: RunConfig) -> bool:
 
 
 def _train_point(config: RunConfig, run_dir: Path, data: DataSplits, progress: bool) -> bool:
-    """Train the run in ``run_dir``, resuming from its last.pt; returns whether any epoch was run."""
+    """Train the run in ``run_dir``, resuming from its last checkpoint; returns whether any epoch was run."""
     t = config.train
-    if (run_dir / LAST).is_file():
+    if has_checkpoint(run_dir, "last"):
         saved = load_run_config(run_dir)  # run_ablation checked it is this point's run
         if _finished(read_metrics(run_dir), t.epochs, t.warmup, t.early_stopping):
             return False
@@ -219,8 +221,7 @@ def _train_point(config: RunConfig, run_dir: Path, data: DataSplits, progress: b
         logger.info("ablation %s: resuming", run_dir.name)
         pipeline.train(resumed, run_dir, resume=True, progress=progress, data=data)
         return True
-    for name in (CONFIG, METRICS):  # left by a run stopped before its first checkpoint
-        (run_dir / name).unlink(missing_ok=True)
+    start_over(run_dir)  # what a run stopped before its first checkpoint left (rundir; any config)
     logger.info("ablation %s: training", run_dir.name)
     pipeline.train(config, run_dir, progress=progress, data=data)
     return True
@@ -249,7 +250,7 @@ def run_ablation(
     Each point is a run folder OUT_DIR/NAME (``pipeline.train``), scored on the first ``limit`` test images
     with ``samples`` importance samples (``pipeline.evaluate_run``; the exemplar prior truncated to the
     ``candidates`` exemplars nearest each test point, None = all N). Re-running continues where it
-    stopped: a point with a current evaluation.json is skipped, one with last.pt resumes from it.
+    stopped: a point with a current evaluation.json is skipped, one with a last checkpoint resumes from it.
 
     Args:
         base: the base configuration (the budget: dataset, train size, epochs, warm-up, seed, device).
@@ -280,7 +281,7 @@ def run_ablation(
     plan = plan_ablation(base, loo, m_fractions, ks, data.num_train)
     for pt in plan.points:  # refuse a folder of other runs before training anything
         run_dir = out_dir / pt.name
-        if (run_dir / LAST).is_file():
+        if has_checkpoint(run_dir, "last"):
             if not resume:
                 raise ConfigError(f"{run_dir} already holds a run; resume it or pick another --out")
             if not _same_run(load_run_config(run_dir), pt.config):
@@ -362,7 +363,7 @@ def ablation_table(rows: Sequence[dict[str, Any]], budget: str, notes: Sequence[
         lines.append(
             f"| {factor} | {r['setting']} | {r['exemplars']} | {r['knn'] or 'exact'} "
             f"| {'on' if r['leave_one_out'] else 'off'} "
-            f"| {r['log_likelihood']:.2f} ± {r['log_likelihood_std_error']:.2f} | {r['elbo']:.2f} "
+            f"| {r['log_likelihood']:.2f} ± {'n/a' if r['log_likelihood_std_error'] is None else format(r['log_likelihood_std_error'], '.2f')} | {r['elbo']:.2f} "
             f"| {r['best_val_loss']:.2f} | {r['epochs']} | {r['seconds_per_epoch']:.1f} |"
         )
     if notes:

@@ -96,6 +96,8 @@ class PriorConfig:
             M-subset) or "ivf" (an approximate faiss IVF index over all N codes rebuilt every epoch,
             over-fetching to stay inside the subset; recall logged as ``search_recall``).
         nprobe: inverted lists visited per query with ``search="ivf"``.
+        subsample: VampPrior only: K', the pseudo-inputs drawn per training step (a fresh random subset
+            of the K, weight 1/K' each; evaluation uses all K); None uses all K every step.
     """
 
     name: str = "exemplar"
@@ -105,6 +107,7 @@ class PriorConfig:
     leave_one_out: bool = True
     search: str = "exact"
     nprobe: int = 16
+    subsample: int | None = None
 
 
 @dataclass(frozen=True)
@@ -125,7 +128,11 @@ class TrainConfig:
         amp: mixed precision for the training steps: "off", "bf16" or "fp16" (with a gradient scaler);
             validation and evaluation always run in float32.
         max_steps: stop after this many optimiser steps in all (None: no limit); a run stopped inside an
-            epoch saves last.pt there and resumes from the next step.
+            epoch saves its last checkpoint there and resumes from the next step.
+        divergence: what a diverging run does (``training.loop.DivergenceWatch``: the training loss above
+            10 times its lowest 5-step mean, and 10 nats above it, on 5 steps in a row): "stop" (raise
+            ``RunFailed``; the CLI exits 1) or "warn" (log a warning and go on). A loss that is not
+            finite stops the run either way.
     """
 
     epochs: int = 2000
@@ -138,6 +145,7 @@ class TrainConfig:
     device: str = "auto"
     amp: str = "off"
     max_steps: int | None = None
+    divergence: str = "stop"
 
 
 @dataclass(frozen=True)
@@ -206,6 +214,9 @@ class EvalConfig:
             every exemplar.
         check_exact: with truncation, also score the first n points with the full prior on the same
             samples and report the truncation error ("truncation_check"); 0 skips it.
+        escalate: when that check finds an error above ``tolerance / 2`` (a kernel too wide for the
+            candidates to hold the mass), score every point again with the full prior and report both
+            ("escalated"); False keeps the truncated value.
         certify: with truncation, bound every point's truncation error from above (see
             ``evaluation.certify``).
         tolerance: the certified bound to reach per test point, nats.
@@ -220,6 +231,7 @@ class EvalConfig:
     batch_size: int = 100
     candidates: int | None = 1000
     check_exact: int = 10
+    escalate: bool = True
     certify: bool = False
     tolerance: float = 0.01
     budget: float = 0.5

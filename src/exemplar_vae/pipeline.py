@@ -7,17 +7,17 @@ Run folders are read through ``exemplar_vae.runs``; reports and tables of run fo
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
 
-from exemplar_vae import distributed
+from exemplar_vae import distributed, rundir
 from exemplar_vae.config import EvalConfig, RunConfig
 from exemplar_vae.data import DataInput, DataSplits
-from exemplar_vae.errors import CheckpointError, ConfigError
+from exemplar_vae.errors import ConfigError
 from exemplar_vae.evaluation import DEFAULT_KS, evaluate_density, knn_probe, tsne_plot
 from exemplar_vae.generation import (
     check_temperature,
@@ -26,8 +26,9 @@ from exemplar_vae.generation import (
     interpolation_grid,
     prior_sample_grid,
 )
-from exemplar_vae.io import BEST, CONFIG, EVALUATION, LAST, METRICS, atomic_write_json
+from exemplar_vae.io import CONFIG, EVALUATION, RunLock, atomic_write_json, check_run_lock
 from exemplar_vae.models import VAE
+from exemplar_vae.optional import require
 from exemplar_vae.runs import (
     DATA_RECORD,
     build_model,
@@ -47,6 +48,7 @@ from exemplar_vae.training import (
     TensorBoardLogger,
     Trainer,
     TrainResult,
+    has_checkpoint,
     load_checkpoint,
 )
 from exemplar_vae.validation import validate, validate_eval
@@ -63,12 +65,13 @@ def train(
     data: DataInput | None = None,
     callbacks: Sequence[Callback] = (),
     tensorboard: bool = False,
+    restart: bool = False,
 ) -> tuple[VAE, TrainResult]:
     """Train a model as ``config`` says.
 
     Args:
         config: the run's configuration (validated here).
-        run_dir: output folder (config.json, metrics.jsonl, best.pt, last.pt); None keeps it in memory.
+        run_dir: output folder (config.json, metrics.jsonl, checkpoints); None keeps it in memory.
         resume: continue the run in ``run_dir`` from its last checkpoint; ``config`` must be the saved one
             (``load_run_config``), with ``train.epochs`` changed if more epochs are wanted.
         progress: show progress bars.
@@ -80,30 +83,44 @@ def train(
             RUN_DIR/curves.png is also rewritten every epoch.
         tensorboard: also log every epoch's metrics to RUN_DIR/tensorboard (needs the ``tensorboard``
             extra; checked before training starts).
+        restart: start over a run in ``run_dir`` that stopped before its first checkpoint, with ``config``
+            even when it differs from the saved one (with the same configuration it starts over anyway).
 
     A run folder records where its data came from in RUN_DIR/data.json (``runs.DATA_RECORD``: source
     "dataset" or "python", name, fingerprint, num_train, image_shape, binary), so that ``load_run``
     reloads the same data, or asks for it when it came from Python. Resuming checks that the data has
     the fingerprint recorded.
 
+    The folder is claimed while training (RUN_DIR/.lock, ``exemplar_vae.rundir``): a second ``train`` on
+    it is refused while the first runs, a lock left by a killed process is taken over. Everything that can
+    be checked (folder, configuration, data, the checkpoint to resume) is checked before a run file is
+    written. A run killed before its first checkpoint starts over in place when trained again with the
+    same configuration.
+
     Under torchrun (``torchrun --nproc_per_node=W ...``) every process calls this with the same
-    arguments; ``config.train.batch_size`` is the global batch, rank 0 writes the run folder.
+    arguments; ``config.train.batch_size`` is the global batch, rank 0 claims and writes the run folder.
 
     Returns:
         (the model with its best-validation weights, how training ended).
+
+    Raises:
+        ConfigError: bad configuration, a folder held by another process or by another run.
+        CheckpointError: nothing to resume, or a checkpoint that does not fit.
+        io.WriteFailed: the disk is full (or the folder read-only, over quota, forbidden); its message says
+            how to go on (the folder stays resumable from its last checkpoint).
     """
     run_dir = Path(run_dir) if run_dir is not None else None
-    if resume and run_dir is None:
-        raise ConfigError("resume needs a run folder")
+    if run_dir is None and (resume or restart):
+        raise ConfigError(f"{'resume' if resume else 'restart'} needs a run folder")
+    if run_dir is None and tensorboard:
+        raise ConfigError("tensorboard logging needs a run folder")
+    if resume and restart:
+        raise ConfigError("--resume continues a run and --restart starts it over: pass one of them")
     distributed.start(config.train.device)  # joins a torchrun launch; nothing in a single process
-    if run_dir is not None:
-        if resume:
-            if not (run_dir / LAST).is_file():
-                raise CheckpointError(f"cannot resume: no {LAST} in {run_dir}")
-        elif run_dir.exists() and any((run_dir / f).exists() for f in (CONFIG, LAST, METRICS)):
-            raise ConfigError(
-                f"{run_dir} already holds a run; pass --resume to continue it or pick another --out"
-            )
+    if run_dir is not None:  # what can be said before loading anything (again under the lock, below)
+        _on_rank0(run_dir, lambda: _check_run_dir(run_dir, resume, restart))
+    if tensorboard:  # the logger itself is made once the folder is claimed
+        require("tensorboard", "tensorboard", "the TensorBoard logger")
     torch.manual_seed(config.train.seed)
     splits: DataSplits
     given = data is not None
@@ -118,35 +135,84 @@ def train(
         raise ConfigError(f"{distributed.world_size()} processes for {data.num_train} training examples")
     device = resolve_device(distributed.local_device(config.train.device))
     model = build_model(config, data, device)
-    watchers = list(callbacks)
-    if tensorboard:
-        if run_dir is None:
-            raise ConfigError("tensorboard logging needs a run folder")
-        watchers.append(TensorBoardLogger(run_dir / "tensorboard"))
-    if run_dir is not None:
-        watchers.append(CurvesCallback(run_dir / "curves.png"))
-    trainer = Trainer(model, data, config, run_dir, progress=progress, callbacks=watchers)
-    if run_dir is not None:
-        record = data_record(splits, source) if resume or distributed.is_main() else None
-        if resume:  # everything the checkpoint must agree with is checked before a file is touched
-            on_disk = read_data_record(run_dir)
-            if on_disk is not None and on_disk["source"] == "python" and not given:
-                raise python_data_error(run_dir, on_disk, "train")
-            assert record is not None
-            check_data(run_dir, on_disk, splits, record["fingerprint"])
+    trainer = Trainer(model, data, config, run_dir, progress=progress, callbacks=list(callbacks))
+    if run_dir is None:
+        logger.info("training %s prior on %s: %s", config.prior.name, data.name, data.summary())
+        return model, trainer.fit()
+    record = data_record(splits, source) if resume or distributed.is_main() else None
+    if resume:  # everything the checkpoint must agree with is checked before a file is touched
+        on_disk = read_data_record(run_dir)
+        if on_disk is not None and on_disk["source"] == "python" and not given:
+            raise python_data_error(run_dir, on_disk, "train")
+        assert record is not None
+        check_data(run_dir, on_disk, splits, record["fingerprint"])
+    else:  # a run that stopped before its first checkpoint starts over with the same config (or --restart)
+        _on_rank0(run_dir, lambda: rundir.check_restart(run_dir, config, restart))
+    lock = _on_rank0(run_dir, lambda: _claim_run_dir(run_dir, config, resume, restart))
+    try:
+        if resume:  # the checkpoint's own checks; only the lock is written before them
             trainer.resume()
         distributed.barrier()  # every rank has checked the folder before rank 0 writes into it
         if distributed.is_main():
-            run_dir.mkdir(parents=True, exist_ok=True)
             config.save(run_dir / CONFIG)
             if record is not None and not (resume and (run_dir / DATA_RECORD).is_file()):
                 atomic_write_json(run_dir / DATA_RECORD, record)
+            if tensorboard:  # callbacks run on rank 0 only, into the claimed folder
+                trainer.callbacks.append(TensorBoardLogger(run_dir / "tensorboard"))
+            trainer.callbacks.append(CurvesCallback(run_dir / "curves.png"))
         distributed.barrier()
-    logger.info("training %s prior on %s: %s", config.prior.name, data.name, data.summary())
-    result = trainer.fit()
-    if run_dir is not None and (run_dir / BEST).is_file():
-        model.load_state_dict(load_checkpoint(run_dir / BEST, map_location=device)["model"])
+        logger.info("training %s prior on %s: %s", config.prior.name, data.name, data.summary())
+        result = trainer.fit()
+        if has_checkpoint(run_dir, "best"):
+            model.load_state_dict(load_checkpoint(run_dir, "best", map_location=device, model=model).model)
+    except OSError as err:  # disk full, read-only, ...: one line saying how to go on
+        failure = rundir.write_failure(run_dir, err)
+        if failure is err:
+            raise
+        raise failure from err
+    finally:
+        if lock is not None:
+            lock.release()
     return model, result
+
+
+T = TypeVar("T")
+
+
+def _on_rank0(run_dir: Path, action: Callable[[], T]) -> T | None:
+    """``action()`` on rank 0 only (the rank that owns the run folder); when it fails, every rank raises
+    (rank 0 its error, the others one that points to it), so that no rank waits for the others."""
+    result: T | None = None
+    failure: Exception | None = None
+    if distributed.is_main():
+        try:
+            result = action()
+        except Exception as err:  # noqa: BLE001 - re-raised below, after the other ranks are told
+            failure = err
+    if distributed.broadcast_flag(failure is not None):
+        if failure is not None:
+            raise failure
+        raise ConfigError(f"rank 0 refused the run folder {run_dir}: its error message says why")
+    return result
+
+
+def _check_run_dir(run_dir: Path, resume: bool, restart: bool) -> None:
+    check_run_lock(run_dir)
+    rundir.check_folder(run_dir, resume=resume, restart=restart)
+
+
+def _claim_run_dir(run_dir: Path, config: RunConfig, resume: bool, restart: bool) -> RunLock:
+    """Claim the folder (``rundir.claim``), check it again now that no other process can change it, and
+    clear the files of an unfinished run that starts over."""
+    lock = rundir.claim(run_dir)
+    try:
+        rundir.check_folder(run_dir, resume=resume, restart=restart)
+        if not resume and rundir.check_restart(run_dir, config, restart):
+            rundir.clear_unfinished(run_dir)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 def evaluate_run(
@@ -208,7 +274,7 @@ def generate_pictures(
     *,
     extra_exemplars: Tensor | str | Path | None = None,
     temperature: float = 1.0,
-    cyclic: int = 0,
+    cyclic: int | None = None,
     interpolate: bool = False,
     steps: int = 10,
 ) -> Path:
@@ -233,9 +299,9 @@ def generate_pictures(
     if out.suffix.lower() != ".png":
         raise ConfigError(f"--out must be a .png file, got '{out}'")
     temperature = check_temperature(temperature)
-    if cyclic < 0:
-        raise ConfigError(f"--cyclic must be a number of steps >= 1, got {cyclic}")
-    if sum([from_exemplars, cyclic > 0, interpolate]) > 1:
+    if cyclic is not None and cyclic < 1:
+        raise ConfigError(f"--cyclic needs at least 1 step, got {cyclic}")
+    if sum([from_exemplars, cyclic is not None, interpolate]) > 1:
         raise ConfigError("pick one of --from-exemplars, --cyclic and --interpolate")
     if from_exemplars and variations < 1:
         raise ConfigError(f"--variations must be at least 1, got {variations}")
@@ -251,7 +317,7 @@ def generate_pictures(
     if from_exemplars:
         pick = torch.randperm(pool.shape[0], generator=pick_g)[:n]
         grid = exemplar_grid(model, pool[pick], variations, g, temperature)
-    elif cyclic > 0:
+    elif cyclic is not None:
         grid = cyclic_chain(model, cyclic, n, g, temperature)
     elif interpolate:
         if pool.shape[0] < 2:

@@ -6,7 +6,7 @@ trains each requested row for several seeds, evaluates every run by importance s
 default), and writes a table ``mean ± std`` over seeds beside the paper's number.
 
 Runs live in ``OUT/<preset>/seed<k>``. A run that has finished training is not trained again, an
-interrupted one is resumed from its ``last.pt``, and an evaluation with the same settings is reused, so
+interrupted one is resumed from its last checkpoint, and an evaluation with the same settings is reused, so
 re-running the same command continues where it stopped. A budget (fewer epochs, fewer training or test
 images, fewer samples) is recorded in the table beside the results: figures are only comparable with
 the paper's at the paper's budget.
@@ -24,9 +24,11 @@ from typing import Any
 
 from exemplar_vae.config import EvalConfig, RunConfig
 from exemplar_vae.errors import ConfigError
-from exemplar_vae.io import BEST, CONFIG, EVALUATION, LAST, METRICS, atomic_write_json, atomic_write_text
+from exemplar_vae.io import CONFIG, EVALUATION, atomic_write_json, atomic_write_text
 from exemplar_vae.pipeline import evaluate_run, train
+from exemplar_vae.rundir import start_over
 from exemplar_vae.runs import load_run_config
+from exemplar_vae.training.checkpoint import checkpoint_file, has_checkpoint
 from exemplar_vae.validation import validate
 
 logger = logging.getLogger(__name__)
@@ -192,15 +194,14 @@ def _comparable(config: RunConfig) -> RunConfig:
 def _train_run(config: RunConfig, run_dir: Path, progress: bool) -> None:
     """Train, resume an interrupted run, or skip a finished one."""
     done = run_dir / DONE
-    if not (run_dir / LAST).is_file() and (run_dir / CONFIG).is_file():
+    if not has_checkpoint(run_dir, "last") and (run_dir / CONFIG).is_file():
         # interrupted before its first checkpoint: nothing to resume; start again if it is the same run
         if _comparable(load_run_config(run_dir)) != _comparable(config):
             raise ConfigError(
                 f"{run_dir} holds a run with a different configuration; pick another --out or remove it"
             )
-        for name in (CONFIG, METRICS, BEST, DONE, EVALUATION):
-            (run_dir / name).unlink(missing_ok=True)
-    if (run_dir / LAST).is_file():
+        start_over(run_dir, also=(DONE,))  # its files, a best checkpoint, an evaluation of it (rundir)
+    if has_checkpoint(run_dir, "last"):
         saved = load_run_config(run_dir)
         if _comparable(saved) != _comparable(config):
             raise ConfigError(
@@ -223,12 +224,13 @@ def _train_run(config: RunConfig, run_dir: Path, progress: bool) -> None:
 
 def _evaluate_run(run_dir: Path, budget: Budget, check_exact: int, progress: bool) -> dict[str, Any]:
     """The run's evaluation at the budget's settings; reused when RUN_DIR/evaluation.json has the same
-    settings and was made from the current best.pt."""
+    settings and was made from the current best checkpoint (the mtime of the file that commits it)."""
     path = run_dir / EVALUATION
+    best = checkpoint_file(run_dir, "best")  # best.json, or best.pt of an older run
     settings = {
         "samples": budget.samples, "test_limit": budget.test_limit, "check_exact": check_exact,
         "candidates": budget.candidates,
-        "checkpoint_mtime_ns": (run_dir / BEST).stat().st_mtime_ns,
+        "checkpoint_mtime_ns": best.stat().st_mtime_ns if best is not None else None,
     }  # fmt: skip
     if path.is_file():
         old = json.loads(path.read_text())

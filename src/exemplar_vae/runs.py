@@ -1,7 +1,9 @@
 """Run folders: load a trained run, its configuration and data, and extra exemplars.
 
-A run folder holds ``config.json`` (fully resolved), ``metrics.jsonl`` (one line per epoch), ``best.pt``
-and ``last.pt`` (atomic checkpoints), and whatever evaluation and pictures were made from it (file names
+A run folder holds ``config.json`` (fully resolved), ``metrics.jsonl`` (one line per epoch), the ``best``
+and ``last`` checkpoints (``best.json`` + ``best.safetensors``, ``last.json`` + ``last.safetensors`` +
+``last-optimizer.safetensors``; ``best.pt``/``last.pt`` in older runs: see
+``exemplar_vae.training.checkpoint``), and whatever evaluation and pictures were made from it (file names
 in ``exemplar_vae.io``). Everything that reads a trained model -- evaluation, generation, the downstream
 tools, the CLI -- goes through ``load_run``.
 """
@@ -30,9 +32,9 @@ from exemplar_vae.data import (
     take_train,
 )
 from exemplar_vae.errors import CheckpointError, ConfigError, DataError
-from exemplar_vae.io import BEST, CONFIG, LAST
+from exemplar_vae.io import CONFIG
 from exemplar_vae.models import VAE, build_vae
-from exemplar_vae.training import load_checkpoint
+from exemplar_vae.training.checkpoint import check_weights, load_checkpoint
 from exemplar_vae.validation import validate
 
 logger = logging.getLogger(__name__)
@@ -282,6 +284,10 @@ def load_run(
             trained on data passed from Python.
         DataError: extra exemplars of the wrong width or with values outside [0, 1]; data that differs
             from the data the run was trained on (another fingerprint).
+        CheckpointError: no such checkpoint, or one that fails its checks (``load_checkpoint``: a file
+            changed since it was written, a missing or misshapen tensor, non-finite weights); a saved
+            configuration that is invalid or asks for networks larger than the memory here (refused
+            before the model is built).
     """
     run_dir = Path(run_dir)
     if checkpoint not in ("best", "last"):
@@ -291,25 +297,32 @@ def load_run(
     record = read_data_record(run_dir)  # None for runs written before runs recorded their data
     if data is None and record is not None and record["source"] == "python":
         raise python_data_error(run_dir, record, "load_run")
-    ckpt = load_checkpoint(run_dir / (BEST if checkpoint == "best" else LAST))
-    config = RunConfig.from_dict(ckpt["config"])
+    ckpt = load_checkpoint(run_dir, checkpoint)  # files, hashes, structure, finite values checked
+    config = ckpt.config
     if (extra_exemplars is not None or add_val_exemplars) and config.prior.name != "exemplar":
         raise ConfigError(
             f"only the exemplar prior has an exemplar set; {run_dir} uses the '{config.prior.name}' prior, "
             "so no exemplars can be added"
         )
+    try:
+        validate(config)  # before any data is loaded
+    except ConfigError as err:
+        raise CheckpointError(f"{ckpt.path}: its configuration cannot be used here: {err}") from err
     if data is None:
-        config, data = prepare(config)
+        d = config.data
+        data = load_dataset(d.dataset, d.data_dir, train_size=d.train_size, binarize=d.binarize)
     else:
         data, _ = run_data(config, data)
     check_data(run_dir, record, data)
+    try:  # the networks' memory for this D, refused before the model is built
+        config = validate(config, data.num_train, data.data_dim)
+    except ConfigError as err:
+        raise CheckpointError(f"{ckpt.path}: its configuration cannot be used here: {err}") from err
     extra = extra_exemplar_set(data, extra_exemplars, add_val_exemplars)  # [n_extra, D] or None
     dev = resolve_device(device)
     model = build_model(config, data, dev)
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        raise CheckpointError(f"checkpoint in {run_dir} does not match its config: {e}") from e
+    check_weights(ckpt, model.state_dict())  # names, shapes, dtypes: one line naming the tensor
+    model.load_state_dict(ckpt.model)
     if extra is not None:
         model.prior.set_exemplars(data.train_store.concat(extra))  # [N + n_extra, D]
         logger.info("exemplar set: %d training + %d extra images", data.num_train, extra.shape[0])

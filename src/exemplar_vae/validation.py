@@ -2,21 +2,23 @@
 
 Names are checked against the registries that build the objects (``PRIORS``, ``ARCHITECTURES``,
 ``OPTIMIZER_NAMES``, ``AMP_DTYPES``, ``SEARCH_NAMES``), and each component's own rule function is called
-rather than restated (``check_exemplar_counts``, ``check_search``), so the CLI, the Python API and the
-objects themselves refuse the same values with the same message.
+rather than restated (``check_exemplar_counts``, ``check_search``, ``check_subsample``), so the CLI, the
+Python API and the objects themselves refuse the same values with the same message.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from exemplar_vae.config import EvalConfig, PriorConfig, RunConfig
 from exemplar_vae.errors import ConfigError
 from exemplar_vae.models.build import ARCHITECTURES
 from exemplar_vae.priors import PRIORS
 from exemplar_vae.priors.exemplar import check_exemplar_counts
+from exemplar_vae.priors.vampprior import check_subsample
 from exemplar_vae.retrieval import check_search
-from exemplar_vae.training.loop import AMP_DTYPES
+from exemplar_vae.training.loop import AMP_DTYPES, DIVERGENCE_POLICIES
 from exemplar_vae.training.optim import OPTIMIZER_NAMES
 
 SPLITS = ("test", "val")
@@ -71,6 +73,7 @@ def validate(config: RunConfig, num_train: int | None = None, data_dim: int | No
     _check_name("prior", p.name, PRIORS)
     _check_name("mixed precision (--amp)", t.amp, AMP_DTYPES)
     _check_name("optimizer", t.optimizer, OPTIMIZER_NAMES)
+    _check_name("divergence policy (--on-divergence)", t.divergence, DIVERGENCE_POLICIES)
     positive = {
         "latent dimension (--latent-dim)": m.latent_dim,
         "hidden width (--hidden)": m.hidden,
@@ -85,12 +88,17 @@ def validate(config: RunConfig, num_train: int | None = None, data_dim: int | No
         raise ConfigError(f"--seed must be between 0 and 2**63 - 1, got {t.seed}")
     if t.max_steps is not None and t.max_steps < 1:
         raise ConfigError(f"--max-steps must be at least 1, got {t.max_steps}")
-    if not t.lr > 0:
+    if not 0 < t.lr < math.inf:
         raise ConfigError(f"learning rate (--lr) must be positive, got {t.lr}")
     if t.warmup < 0 or t.early_stopping < 0:
         raise ConfigError(
             f"--warmup and --early-stopping must be >= 0, got {t.warmup} and {t.early_stopping}"
         )
+    if p.subsample is not None and p.name != "vampprior":
+        raise ConfigError(
+            f"--subsample K' is the VampPrior's pseudo-input subsampling; the prior is '{p.name}'"
+        )
+    check_subsample(p.subsample, p.components)
     check_search(p.search, p.nprobe)
     if p.search == "exact" and p.nprobe != PriorConfig.nprobe:
         raise ConfigError(

@@ -3,7 +3,8 @@
 
 Exit status: 0 done; 2 bad usage (argparse) or bad input (every ``ExemplarVAEError``: ``ConfigError``,
 ``DataError``, ``CheckpointError``), printed as one ``error: ...`` line; 1 a run that started and failed
-(``errors.RunFailed``, e.g. training diverged); 130 interrupted.
+(``errors.RunFailed``, e.g. training diverged, or a write the file system refused: no space left, quota,
+read-only, permission -- ``error: no space left on device writing PATH``); 130 interrupted.
 
 One flag means one thing in every subcommand (``tests/test_cli_options.py`` checks every registered
 subcommand): ``--out`` is where the output goes, ``--limit n`` the first n examples the command works
@@ -15,6 +16,7 @@ show only on a terminal, without ``-q`` or ``--no-progress``.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
@@ -26,7 +28,7 @@ from exemplar_vae import __version__, distributed, errors, pipeline, report
 from exemplar_vae.cli import ablate, downstream, explain, explore, export, reproduce
 from exemplar_vae.config import EvalConfig, RunConfig
 from exemplar_vae.errors import ExemplarVAEError
-from exemplar_vae.io import atomic_write_text
+from exemplar_vae.io import atomic_write_text, write_failed
 from exemplar_vae.models.build import ARCHITECTURES
 from exemplar_vae.priors import PRIORS
 from exemplar_vae.runs import load_run_config
@@ -64,6 +66,13 @@ TRAIN_FLAGS: dict[str, tuple[str, str, type, str]] = {
         "rebuilt each epoch; recall logged as search_recall)",
     ),
     "--nprobe": ("prior", "nprobe", int, "inverted lists visited per query with --search ivf (default 16)"),
+    "--subsample": (
+        "prior",
+        "subsample",
+        int,
+        "VampPrior: K' of the K pseudo-inputs drawn at random per training step, weight 1/K' each "
+        "(evaluation uses all K; default: all K every step)",
+    ),
     "--epochs": ("train", "epochs", int, "maximum epochs (paper: 2000 with early stopping)"),
     "--warmup": ("train", "warmup", int, "epochs of linear KL warm-up (paper: 100)"),
     "--early-stopping": (
@@ -83,6 +92,13 @@ TRAIN_FLAGS: dict[str, tuple[str, str, type, str]] = {
         "amp",
         str,
         f"mixed precision for training steps: {', '.join(AMP_DTYPES)} (default off)",
+    ),
+    "--on-divergence": (
+        "train",
+        "divergence",
+        str,
+        "when the training loss diverges (above 10x its lowest 5-step mean for 5 steps in a row): stop "
+        "(default; exit 1) or warn (log it and train on); a NaN/inf loss always stops",
     ),
 }
 
@@ -161,10 +177,15 @@ def build_parser() -> argparse.ArgumentParser:
         dest="command", required=True, help="what to do; `exemplar-vae COMMAND --help` lists its options"
     )
 
-    p = sub.add_parser("train", help="train a model; writes config.json, metrics.jsonl, best.pt, last.pt")
+    p = sub.add_parser("train", help="train a model; writes config.json, metrics.jsonl, checkpoints")
     p.add_argument("--out", required=True, type=Path, help="run folder to create (or to --resume)")
     p.add_argument("--config", type=Path, help="a config.json to start from (flags override it)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument(
+        "--restart", action="store_true",
+        help="start over the run in --out that stopped before its first checkpoint, with this command's "
+        "configuration (without it, only the same configuration starts it over)",
+    )  # fmt: skip
     p.add_argument("--no-leave-one-out", action="store_true", help="let a training point be its own exemplar")
     p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
     p.add_argument(
@@ -196,7 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--check-exact", type=int, default=10,
         help="with truncation, re-score the first n test points with the full prior and the same samples "
-        "and report the truncation error (default 10; 0 = off)",
+        "and report the truncation error (default 10; 0 = off); an error above half the certify tolerance "
+        "re-scores every point with the full prior (see --no-escalate)",
+    )  # fmt: skip
+    p.add_argument(
+        "--no-escalate", action="store_true",
+        help="keep the truncated value even when the --check-exact points show an error above half the "
+        "tolerance (default: re-score with the full prior)",
     )  # fmt: skip
     p.add_argument(
         "--certify", action="store_true",
@@ -236,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from-exemplars", action="store_true", help="rows of exemplar + variations from r(z|x)")
     p.add_argument("--variations", type=int, default=10, help="variations per exemplar (default 10)")
     p.add_argument(
-        "--cyclic", type=int, default=0, metavar="STEPS",
+        "--cyclic", type=int, default=None, metavar="STEPS",
         help="rows of cyclic generation: uniform noise, then STEPS times x <- decoder mean of z ~ r(z|x)",
     )  # fmt: skip
     p.add_argument(
@@ -282,6 +309,11 @@ def _subcommand_modules() -> list[Any]:
     return list(SUBCOMMAND_MODULES)
 
 
+def std_error_text(value: float | None) -> str:
+    """A standard error for printing: "n/a" where it is undefined (one example)."""
+    return "n/a" if value is None else f"{value:.2f}"
+
+
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """Defaults (or --config / the saved config on --resume), overridden by the flags that were given."""
     if args.resume:
@@ -306,12 +338,14 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     if args.binarize is not None:
         given["data"]["binarize"] = args.binarize
     if args.resume:
-        allowed = {"epochs", "device", "early_stopping", "max_steps"}
-        changed = {n for s in given.values() for n in s} - allowed
+        allowed = {"epochs", "device", "early_stopping", "max_steps", "divergence"}
+        flags = {(s, n): f for f, (s, n, _, _) in TRAIN_FLAGS.items()}
+        flags[("prior", "leave_one_out")], flags[("data", "binarize")] = "--no-leave-one-out", "--binarize"
+        changed = sorted(flags[(s, n)] for s, names in given.items() for n in names if n not in allowed)
         if changed:
             raise ExemplarVAEError(
-                f"--resume continues the saved configuration; only --epochs, --early-stopping, --max-steps and "
-                f"--device may change (got {', '.join(sorted(changed))})"
+                f"--resume continues the saved configuration; only --epochs, --early-stopping, --max-steps, "
+                f"--on-divergence and --device may change (got {', '.join(changed)})"
             )
     new = {k: replace(v, **given[k]) for k, v in sections.items()}
     return RunConfig(**new)
@@ -320,8 +354,9 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 def cmd_train(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     _, result = pipeline.train(
-        config, args.out, resume=args.resume, progress=not args.no_progress, tensorboard=args.tensorboard
-    )
+        config, args.out, resume=args.resume, progress=not args.no_progress, tensorboard=args.tensorboard,
+        restart=args.restart,
+    )  # fmt: skip
     summary = {
         "run_dir": str(args.out),
         "epochs_run": result.epochs_run,
@@ -337,7 +372,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     config = EvalConfig(
         samples=args.samples, batch_size=args.batch_size, candidates=args.candidates or None,
-        check_exact=args.check_exact, certify=args.certify, tolerance=args.certify_tolerance,
+        check_exact=args.check_exact, escalate=not args.no_escalate, certify=args.certify,
+        tolerance=args.certify_tolerance,
         budget=args.certify_budget, seed=args.seed, split=args.split, limit=args.limit,
     )  # fmt: skip
     result = pipeline.evaluate_run(
@@ -352,7 +388,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(
             f"{result['prior']} prior on {result['dataset']} ({result['split']}, {result['examples']} examples, "
             f"S={result['samples']}): log-likelihood {result['log_likelihood']:.2f} "
-            f"± {result['log_likelihood_std_error']:.2f} nats, ELBO {result['elbo']:.2f} nats, "
+            f"± {std_error_text(result['log_likelihood_std_error'])} nats, ELBO {result['elbo']:.2f} nats, "
             f"{result['bits_per_dim']:.4f} bits/dim ({result['seconds']:.1f}s)"
         )
         cert = result.get("certified")
@@ -369,6 +405,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 f"prior truncated to the {result['candidates']} exemplars nearest each test point; against the "
                 f"full prior on {check['points']} points with the same samples: mean error "
                 f"{check['mean_error']:.2e}, max {check['max_error']:.2e} nats ({check['exact_seconds']:.1f}s)"
+            )
+        if result.get("escalated"):
+            print(
+                f"{result['escalated']['reason']}: every point re-scored with the full prior (truncated "
+                f"estimate {result['escalated']['truncated_log_likelihood']:.2f} nats)"
             )
         if result.get("extra_exemplars"):
             print(
@@ -410,6 +451,10 @@ COMMANDS = {
 }
 
 
+# errors that only a write can cause: printed as one line, exit status 1 (io.WriteFailed is printed the same)
+SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     launch = distributed.Launch.from_env()  # under torchrun only rank 0 logs progress and prints results
@@ -434,6 +479,11 @@ def main(argv: list[str] | None = None) -> int:
     except ExemplarVAEError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1 if run_failed is not None and isinstance(e, run_failed) else 2
+    except OSError as e:  # a write the file system refused outside io.atomic_write (that one is a RunFailed)
+        if e.errno not in SPACE_ERRNOS:
+            raise
+        print(f"error: {write_failed(e, e.filename or 'a file')}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -10,8 +10,12 @@ a dense array::
     rest        prod(sizes) items, big-endian, C order
 
 Files are often gzip-compressed; :func:`read_idx` detects that from the magic bytes ``1f 8b``, not
-from the file name. Downloads are checked against the md5 of the official ``.gz`` files. Files found
-locally are NOT checksummed (the Debian ``dataset-fashion-mnist`` package recompresses them, so their
+from the file name. It reads the header first and checks the size it declares against the file (or
+the decompressed stream) and the memory available before reading the payload, so a header claiming
+10^12 items is refused without allocating anything, and a named pipe is never opened.
+
+Downloads are checked against the md5 of the official ``.gz`` files. Files found locally are NOT
+checksummed (the Debian ``dataset-fashion-mnist`` package recompresses them, so their
 md5s differ); they are validated structurally by :func:`read_idx` instead. A file without a published
 md5 (Omniglot's ``chardata.mat``) is downloaded with a structural ``verify`` check instead of an md5.
 """
@@ -41,6 +45,8 @@ __all__ = [
     "IDX_DTYPES",
     "MNIST_FILES",
     "MNIST_MIRRORS",
+    "available_memory",
+    "check_memory",
     "download",
     "download_any",
     "find_file",
@@ -81,20 +87,89 @@ Verifier = Callable[[Path], object]  # raises DataError when a downloaded file i
 _GZIP_MAGIC = b"\x1f\x8b"
 _DOWNLOAD_TIMEOUT_S = 30.0
 _CHUNK_BYTES = 1 << 20
+_EXTRA_COUNT_LIMIT = 64 << 20  # bytes past a gzip payload counted before "at least" is reported
 
 
-def _read_bytes(path: Path) -> bytes:
-    """Returns the file's bytes, gunzipped when it starts with the gzip magic ``1f 8b``."""
+def available_memory() -> int | None:
+    """Bytes of memory available to this process (MemAvailable of /proc/meminfo); None where unknown."""
     try:
-        raw = path.read_bytes()
-    except OSError as err:
-        raise DataError(f"cannot read IDX file {path}: {err.strerror or err}") from err
-    if not raw.startswith(_GZIP_MAGIC):
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as err:
-        raise DataError(f"corrupt gzip file {path}: {err}; delete it and download it again") from err
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def check_memory(need: int, what: str) -> None:
+    """DataError when ``need`` bytes are more than the memory available (checked before allocating).
+
+    Args:
+        need: the bytes the data would take.
+        what: the data, for the message, e.g. "x.npz: array x of shape (10, 784) uint8".
+    """
+    have = available_memory()
+    if have is not None and need > have:
+        raise DataError(
+            f"{what} would take about {need / 2**30:.1f} GiB of memory but {have / 2**30:.1f} GiB are "
+            "available; use a smaller dataset (or check that the file is what you meant)"
+        )
+
+
+def _check_regular_file(path: Path, what: str) -> None:
+    """DataError unless ``path`` is a regular file (or a link to one): a named pipe is never opened."""
+    if path.is_file():
+        return
+    if not path.exists():
+        broken = " (a broken symbolic link)" if path.is_symlink() else ""
+        raise DataError(f"cannot read {what} {path}: no such file{broken}")
+    raise DataError(f"cannot read {what} {path}: not a regular file (a folder, named pipe, socket or device)")
+
+
+class _IdxStream:
+    """Reads an IDX file's bytes, gunzipped when the file starts with ``1f 8b``; errors name the file."""
+
+    def __init__(self, raw: BinaryIO, path: Path) -> None:
+        self.path = path
+        self.compressed = raw.read(2) == _GZIP_MAGIC
+        raw.seek(0)
+        self.stream: BinaryIO = raw
+        if self.compressed:
+            self.stream = gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[assignment]
+
+    def read(self, n: int) -> bytes:
+        """Up to ``n`` bytes (fewer at the end), read in chunks: memory grows with what the file holds,
+        not with what its header claims."""
+        chunks, left = [], n
+        while left > 0:
+            chunk = self._read(min(left, _CHUNK_BYTES))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+
+    def _read(self, n: int) -> bytes:
+        try:
+            return self.stream.read(n)
+        except (OSError, EOFError, zlib.error) as err:
+            if self.compressed:
+                raise DataError(
+                    f"corrupt gzip file {self.path}: {err}; delete it and download it again"
+                ) from err
+            reason = err.strerror if isinstance(err, OSError) and err.strerror else err
+            raise DataError(f"cannot read IDX file {self.path}: {reason}") from err
+
+    def count_rest(self) -> tuple[int, bool]:
+        """(bytes left, whether all were counted): at most ``_EXTRA_COUNT_LIMIT`` are counted."""
+        extra = 0
+        while extra < _EXTRA_COUNT_LIMIT:
+            chunk = self.read(_CHUNK_BYTES)
+            if not chunk:
+                return extra, True
+            extra += len(chunk)
+        return extra, False
 
 
 def _parse_idx_header(data: bytes, path: Path) -> tuple[np.dtype, tuple[int, ...], int]:
@@ -136,17 +211,39 @@ def read_idx(path: str | Path) -> np.ndarray:
             type code, or its payload is shorter or longer than the header's dims require.
     """
     path = Path(path)
-    data = _read_bytes(path)
-    dtype, dims, header_len = _parse_idx_header(data, path)
-    expected = math.prod(dims) * dtype.itemsize
-    actual = len(data) - header_len
-    if actual != expected:
-        kind = "truncated" if actual < expected else "too long"
-        raise DataError(
-            f"{path}: IDX payload {kind}: dims {dims} of {dtype.name} need {expected} bytes, found {actual}"
-        )
-    array = np.frombuffer(data, dtype=dtype, offset=header_len).reshape(dims)
+    _check_regular_file(path, "IDX file")
+    try:
+        with open(path, "rb") as raw:
+            size = os.fstat(raw.fileno()).st_size
+            stream = _IdxStream(raw, path)
+            head = stream.read(4)
+            if len(head) == 4:
+                head += stream.read(4 * head[3])
+            dtype, dims, header_len = _parse_idx_header(head, path)
+            expected = math.prod(dims) * dtype.itemsize
+            if not stream.compressed and size - header_len != expected:  # known without reading
+                _payload_error(path, dims, dtype, expected, size - header_len)
+            check_memory(2 * expected, f"{path}: IDX dims {dims} of {dtype.name}")
+            data = stream.read(expected)
+            if len(data) < expected:
+                _payload_error(path, dims, dtype, expected, len(data))
+            extra, counted = stream.count_rest()
+            if extra:
+                _payload_error(path, dims, dtype, expected, expected + extra, exact=counted)
+    except OSError as err:
+        raise DataError(f"cannot read IDX file {path}: {err.strerror or err}") from err
+    array = np.frombuffer(data, dtype=dtype).reshape(dims)
     return array.astype(dtype.newbyteorder("="))  # copies: writable, native byte order
+
+
+def _payload_error(
+    path: Path, dims: tuple[int, ...], dtype: np.dtype, expected: int, actual: int, exact: bool = True
+) -> None:
+    kind = "truncated" if actual < expected else "too long"
+    found = f"{actual}" if exact else f"more than {actual}"
+    raise DataError(
+        f"{path}: IDX payload {kind}: dims {dims} of {dtype.name} need {expected} bytes, found {found}"
+    )
 
 
 def find_file(data_dir: Path, stem: str) -> Path | None:
@@ -225,8 +322,8 @@ def download(url: str, dest: Path, md5: str | None, verify: Verifier | None = No
                 actual = _copy_with_md5(url, out)
         except (urllib.error.URLError, OSError, ValueError) as err:
             raise DataError(
-                f"download of {url} failed ({err}); without network access, pass --data-dir pointing "
-                f"at a folder that holds {dest.name}"
+                f"download of {url} failed ({err}); without network access, put {dest.name} into "
+                f"{dest.parent} yourself, or point --data-dir at a folder that holds it"
             ) from err
         _check_download(url, tmp, md5, actual, verify)
         os.replace(tmp, dest)
@@ -257,4 +354,4 @@ def download_any(urls: Sequence[str], dest: Path, md5: str | None, verify: Verif
         except DataError as err:
             logger.warning("%s", err)
             failures.append(str(err))
-    raise DataError(f"could not download {dest.name} from any mirror:\n  " + "\n  ".join(failures))
+    raise DataError(f"could not download {dest.name} from any mirror: " + "; ".join(failures))

@@ -7,7 +7,11 @@ A folder is read as either
   sorted class names.
 
 Files are taken in sorted name order. Hidden files and folders (names starting with ".") are
-skipped; other files that are not images are skipped with a warning. All images must have the
+skipped; other files that are not images are skipped with a warning, and so are entries that are not
+regular files (named pipes, sockets, devices, broken links: never opened, whatever their name).
+Sizes are read from the headers first (Pillow's lazy open): an image above Pillow's decompression-bomb
+limit (``PIL.Image.MAX_IMAGE_PIXELS`` pixels), or a folder whose decoded pixels would not fit in the
+memory available, is refused before anything is decoded. All images must have the
 same width and height (no resizing). Grey images (Pillow modes "1", "L", "LA") give one channel;
 if any image is colour (e.g. "RGB", "RGBA", "P"), every image is converted to RGB (three channels).
 Alpha channels are dropped. Only 8-bit images are supported.
@@ -16,6 +20,7 @@ Alpha channels are dropped. Only 8-bit images are supported.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from exemplar_vae.data.formats import check_memory
 from exemplar_vae.errors import DataError
 
 __all__ = [
@@ -42,6 +48,9 @@ IMAGE_SUFFIXES = frozenset(
 _GREY_MODES = frozenset({"1", "L", "LA", "La"})
 _COLOUR_MODES = frozenset({"P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"})
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+# bytes per decoded value while a folder becomes a dataset: the uint8 pixels, their float32 copy, and the
+# float32 split copies
+_BYTES_PER_VALUE = 1 + 4 + 4
 
 Transform = Callable[[Image.Image], Image.Image]
 
@@ -93,19 +102,31 @@ def decode_image(path: Path, mode: str, transform: Transform | None = None) -> n
 def _header(path: Path) -> tuple[tuple[int, int], str]:
     """((width, height), Pillow mode) of an image, reading only its header."""
     try:
-        with Image.open(path) as image:
-            return image.size, image.mode
+        with warnings.catch_warnings():  # an image above the pixel limit is refused, not warned about
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                return image.size, image.mode
     except _DECODE_ERRORS as err:
         raise DataError(f"cannot read image {path}: {err}") from err
 
 
 def _images_in(folder: Path) -> tuple[list[Path], list[Path]]:
     """(image files, visible sub-folders) directly in ``folder``, sorted; warns about other files."""
-    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    try:
+        entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    except OSError as err:
+        raise DataError(f"cannot list image folder {folder}: {err.strerror or err}") from err
     images = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
     others = [p.name for p in entries if p.is_file() and p.suffix.lower() not in IMAGE_SUFFIXES]
     if others:
         logger.warning("%s: skipping %d files that are not images, e.g. %s", folder, len(others), others[0])
+    special = [p.name for p in entries if not p.is_file() and not p.is_dir()]  # stat only: never opened
+    if special:
+        logger.warning(
+            "%s: skipping %d entries that are not regular files (named pipes, sockets, devices, broken "
+            "links), e.g. %s",
+            folder, len(special), special[0],
+        )  # fmt: skip
     return images, [p for p in entries if p.is_dir()]
 
 
@@ -167,6 +188,22 @@ def _folder_mode(files: Sequence[Path], modes: Sequence[str]) -> str:
     return "RGB" if any(mode in _COLOUR_MODES for mode in modes) else "L"
 
 
+def _check_decoded_size(folder: Path, files: Sequence[Path], width: int, height: int, channels: int) -> None:
+    """DataError, before decoding, for images above Pillow's pixel limit or a folder too big for memory."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and width * height > limit:
+        raise DataError(
+            f"{folder}: the images are {width}x{height} = {width * height:,} pixels each (e.g. {files[0].name}), "
+            f"above Pillow's decompression-bomb limit of {int(limit):,} pixels; resize them first (every pixel "
+            "is an input of the networks)"
+        )
+    values = len(files) * width * height * channels
+    check_memory(
+        values * _BYTES_PER_VALUE,
+        f"{folder}: {len(files)} images of {width}x{height}x{channels}, decoded (uint8 and float32 copies),",
+    )
+
+
 def read_image_folder(folder: str | Path) -> ImageFolder:
     """Reads every image of a folder (see the module docstring for the layout).
 
@@ -178,7 +215,8 @@ def read_image_folder(folder: str | Path) -> ImageFolder:
 
     Raises:
         DataError: as :func:`list_image_folder`; an unreadable image, images of different sizes
-            (the message lists them), or an unsupported mode (16-bit, float).
+            (the message lists them), an unsupported mode (16-bit, float), images above Pillow's pixel
+            limit, or more pixels than the memory available holds.
     """
     folder = Path(folder).expanduser()
     files, labels, classes = list_image_folder(folder)
@@ -186,6 +224,7 @@ def read_image_folder(folder: str | Path) -> ImageFolder:
     width, height = _common_size(files, [size for size, _ in headers], folder)
     mode = _folder_mode(files, [m for _, m in headers])
     channels = 3 if mode == "RGB" else 1
+    _check_decoded_size(folder, files, width, height, channels)
     images = np.empty((len(files), height, width, channels), dtype=np.uint8)  # [N, H, W, C]
     for i, path in enumerate(files):
         images[i] = decode_image(path, mode).reshape(height, width, channels)

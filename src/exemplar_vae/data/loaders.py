@@ -26,10 +26,10 @@ from torch import Tensor
 
 from exemplar_vae.data.celeba import FacePreprocessing, read_celeba
 from exemplar_vae.data.datasets import DataSplits
-from exemplar_vae.data.formats import read_idx
+from exemplar_vae.data.formats import find_file, read_idx
 from exemplar_vae.data.images import read_image_folder
 from exemplar_vae.data.omniglot import omniglot_split, read_chardata
-from exemplar_vae.data.paths import celeba_root, omniglot_file, resolve_idx_files
+from exemplar_vae.data.paths import IDX_SOURCES, celeba_root, omniglot_file, resolve_idx_files
 from exemplar_vae.data.splits import (
     SPLIT_SEED,
     Pair,
@@ -55,6 +55,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MNIST_IMAGE_SIZE = 28
+MNIST_CLASSES = 10  # MNIST and Fashion-MNIST labels are 0..9
 
 
 def _to_unit_tensor(images: np.ndarray) -> Tensor:
@@ -78,13 +79,31 @@ def _read_images(path: Path) -> np.ndarray:
 
 
 def _read_labels(path: Path, images_path: Path, num_images: int) -> np.ndarray:
-    """Reads [N] integer labels from an IDX file and checks there is one per image."""
+    """Reads [N] integer labels from an IDX file; checks there is one per image, each a class 0..9."""
     labels = read_idx(path)
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
         raise DataError(f"{path}: expected a 1-D array of integer labels, got {labels.dtype} {labels.shape}")
     if labels.shape[0] != num_images:
         raise DataError(f"{images_path} holds {num_images} images but {path} holds {labels.shape[0]} labels")
+    bad = np.flatnonzero((labels < 0) | (labels >= MNIST_CLASSES))
+    if bad.size:
+        raise DataError(
+            f"{path}: label {int(labels[bad[0]])} at index {int(bad[0])} is not a class 0..{MNIST_CLASSES - 1} "
+            f"({bad.size} labels out of range); the file is damaged or not an MNIST-type label file"
+        )
     return labels
+
+
+def _check_present_files(name: str, data_dir: Path | None) -> None:
+    """When ``data_dir`` holds some of the four files but not all, reads the ones it holds, so a broken
+    file is named as broken (rather than the folder reported as lacking data files)."""
+    if data_dir is None:
+        return
+    stems = [file_name.removesuffix(".gz") for file_name, _ in IDX_SOURCES[name].files.values()]
+    present = [path for stem in stems if (path := find_file(data_dir, stem)) is not None]
+    if 0 < len(present) < len(stems):
+        for path in present:
+            read_idx(path)  # DataError naming the file when it is broken
 
 
 def _labels_tensor(labels: np.ndarray) -> Tensor:
@@ -92,6 +111,7 @@ def _labels_tensor(labels: np.ndarray) -> Tensor:
 
 
 def _load_idx_dataset(name: str, data_dir: Path | None, download: bool, train_size: int | None) -> DataSplits:
+    _check_present_files(name, data_dir)
     paths = resolve_idx_files(name, data_dir, download)
     train_images = _read_images(paths["train_images"])
     train_labels = _read_labels(paths["train_labels"], paths["train_images"], len(train_images))

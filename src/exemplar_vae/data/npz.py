@@ -10,14 +10,17 @@ from __future__ import annotations
 import logging
 import math
 import zipfile
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from exemplar_vae.data.datasets import DataSplits
+from exemplar_vae.data.formats import check_memory
 from exemplar_vae.data.splits import Pair, binary_splits, seeded_split
 from exemplar_vae.errors import DataError
 
@@ -34,24 +37,109 @@ _NPZ_KEYS = (
     "y_test",
     "source_index",
 )  # source_index: written by augment
+_NPY_MAGIC = b"\x93NUMPY"
+# what reading a damaged archive raises (zipfile, zlib, numpy's .npy parser); RuntimeError: encrypted
+_READ_ERRORS = (
+    OSError,
+    ValueError,
+    EOFError,
+    zipfile.BadZipFile,
+    zlib.error,
+    NotImplementedError,
+    RuntimeError,
+)
+
+
+def _npy_header(member: IO[bytes], path: Path, name: str) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, header length) of the ``.npy`` member open in ``member``, from its header only."""
+    try:
+        version = np.lib.format.read_magic(member)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+        else:  # 2.0 and 3.0 share the layout (a 4-byte header length)
+            shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+    except DataError:
+        raise
+    except (*_READ_ERRORS, SyntaxError, TypeError) as err:
+        raise DataError(f"{path}: member {name!r} is not a valid .npy array ({_one_line(err)})") from err
+    if dtype.hasobject:
+        raise DataError(
+            f"{path}: member {name!r} holds Python objects (dtype {dtype}); only plain arrays are read"
+        )
+    return tuple(int(d) for d in shape), dtype, member.tell()
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _read_members(archive: zipfile.ZipFile, path: Path) -> dict[str, np.ndarray]:
+    """Every ``.npy`` member of ``archive`` by key, each header checked against the member's size and
+    all of them against the memory available before any array is allocated."""
+    members: dict[str, zipfile.ZipInfo] = {}
+    need = 0
+    for info in archive.infolist():
+        name = info.filename
+        if name.endswith("/"):
+            continue  # a folder entry
+        if not name.endswith(".npy"):
+            if name in _NPZ_KEYS:
+                raise DataError(
+                    f"{path}: member {name!r} is not an .npy array; save the arrays with np.savez"
+                )
+            logger.warning("%s: ignoring member %r, which is not an .npy array", path, name)
+            continue
+        with archive.open(info) as member:
+            shape, dtype, header_len = _npy_header(member, path, name)
+        implied, held = math.prod(shape) * dtype.itemsize, info.file_size - header_len
+        if implied > held:
+            raise DataError(
+                f"{path}: member {name!r} is truncated or corrupt: its header declares shape {shape} of {dtype} "
+                f"({implied:,} bytes) but it holds {max(held, 0):,}"
+            )
+        members[name[: -len(".npy")]] = info
+        need += implied + 4 * math.prod(shape)  # the array and its float32 copy
+    check_memory(need, f"{path}: its arrays")
+    arrays = {}
+    for key, info in members.items():
+        with archive.open(info) as member:
+            arrays[key] = np.lib.format.read_array(member, allow_pickle=False)
+    return arrays
 
 
 def read_npz(path: Path) -> dict[str, np.ndarray]:
     """Every array of an ``.npz`` file, by key; warns about keys :func:`load_npz` does not use.
 
+    Each member's ``.npy`` header is read first: the size it declares is checked against the member's
+    size and, summed over the members, against the memory available, before any array is read. Members
+    that are not ``.npy`` arrays are refused when their name is a key :func:`load_npz` reads, and ignored
+    with a warning otherwise. A file that is not a regular file (a named pipe) is never opened.
+
     Raises:
-        DataError: the file is missing, not a readable .npz archive, or has no array ``x``.
+        DataError: the file is missing or not a regular file, not a readable .npz archive (a single
+            ``.npy`` array, a damaged zip, a member whose header claims more bytes than it holds, an
+            object array), too big for the memory available, or has no array ``x``.
     """
     if not path.is_file():
+        if path.exists():
+            raise DataError(f"dataset file {path} is not a regular file (a folder, named pipe or device)")
         raise DataError(f"dataset file {path} does not exist")
     try:
-        loaded = np.load(path, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):
-            raise DataError(f"{path} is not an .npz archive (np.load returned a {type(loaded).__name__})")
-        with loaded:
-            arrays = {key: loaded[key] for key in loaded.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        raise DataError(f"{path} is not a readable .npz file: {err}") from err
+        with open(path, "rb") as f:
+            head = f.read(len(_NPY_MAGIC))
+        if head == _NPY_MAGIC:
+            raise DataError(
+                f"{path} is not an .npz archive but a single .npy array; save the data with "
+                "np.savez(FILE.npz, x=images)"
+            )
+        if not zipfile.is_zipfile(path):
+            raise DataError(f"{path} is not a readable .npz file: not a zip archive of .npy arrays")
+        with zipfile.ZipFile(path) as archive:
+            arrays = _read_members(archive, path)
+    except DataError:
+        raise
+    except _READ_ERRORS as err:
+        raise DataError(f"{path} is not a readable .npz file: {_one_line(err)}") from err
     if "x" not in arrays:
         raise DataError(f"{path} has no array 'x' (found keys: {sorted(arrays)})")
     unknown = sorted(set(arrays) - set(_NPZ_KEYS))
@@ -109,7 +197,7 @@ def npz_images(arrays: Mapping[str, np.ndarray], key: str, path: Path) -> tuple[
 
 
 def _npz_labels(arrays: Mapping[str, np.ndarray], key: str, n: int, path: Path) -> Tensor:
-    """Array ``key`` as [n] int64 labels, or all -1 when absent."""
+    """Array ``key`` as [n] int64 labels (class indices; -1: unlabelled), or all -1 when absent."""
     if key not in arrays:
         return torch.full((n,), -1, dtype=torch.int64)
     labels = arrays[key]
@@ -117,7 +205,15 @@ def _npz_labels(arrays: Mapping[str, np.ndarray], key: str, n: int, path: Path) 
         raise DataError(f"{path}: {key} has shape {labels.shape}, expected ({n},): one label per example")
     if not np.issubdtype(labels.dtype, np.integer):
         raise DataError(f"{path}: {key} has dtype {labels.dtype}; labels must be integers")
-    return torch.from_numpy(labels.astype(np.int64))
+    if labels.dtype == np.uint64 and labels.size and int(labels.max()) > np.iinfo(np.int64).max:
+        raise DataError(f"{path}: {key} holds labels above 2**63 - 1; labels are class indices 0, 1, ...")
+    labels = labels.astype(np.int64)
+    if labels.size and int(labels.min()) < -1:
+        raise DataError(
+            f"{path}: {key} holds the label {int(labels.min())}; labels are class indices 0, 1, ... "
+            "(or -1 for an unlabelled example)"
+        )
+    return torch.from_numpy(labels)
 
 
 def _npz_given_split(

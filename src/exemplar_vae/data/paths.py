@@ -152,20 +152,25 @@ def find_folder(name: str, data_dir: Path | None) -> Path | None:
 
 
 def missing_files_error(
-    name: str, searched: list[Path], files: str, reason: str, hint: str = ""
+    name: str, searched: list[Path], files: str, reason: str, hint: str = "", data_dir: Path | None = None
 ) -> DataError:
-    """The error for data files found nowhere; ``files`` lists them, ``hint`` is a last suggestion."""
+    """The error for data files found nowhere; ``files`` lists them, ``hint`` is a last suggestion.
+    With ``data_dir`` (the folder the user named) the advice is to put the files there."""
     folders = ", ".join(str(folder) for folder in searched)
-    return DataError(
-        f"{name}: data files not found in {folders} (expected {files}), and {reason}. "
-        f"Pass --data-dir pointing at a folder with these files, or set {DATA_ENV_VAR}{hint}"
+    advice = (
+        f"Put these files into {data_dir} (the --data-dir given){hint}"
+        if data_dir is not None
+        else f"Pass --data-dir pointing at a folder with these files, or set {DATA_ENV_VAR}{hint}"
     )
+    return DataError(f"{name}: data files not found in {folders} (expected {files}), and {reason}. {advice}")
 
 
-def _idx_missing_error(name: str, searched: list[Path], source: IdxSource, reason: str) -> DataError:
+def _idx_missing_error(
+    name: str, searched: list[Path], source: IdxSource, reason: str, data_dir: Path | None = None
+) -> DataError:
     files = ", ".join(f"{_stem(f)}[.gz]" for f, _ in source.files.values())
     hint = f"; or install them with `{source.install_hint}`" if source.install_hint else ""
-    return missing_files_error(name, searched, files, reason, hint)
+    return missing_files_error(name, searched, files, reason, hint, data_dir)
 
 
 # --------------------------------------------------------------------------- finding or downloading
@@ -200,12 +205,13 @@ def resolve_idx_files(name: str, data_dir: Path | None, download: bool) -> dict[
             logger.info("%s: reading files from %s", name, folder)
             return found
     if not download:
-        raise _idx_missing_error(name, searched, source, "downloading is disabled")
+        raise _idx_missing_error(name, searched, source, "downloading is disabled", data_dir)
     target = download_dir(name, data_dir)
     try:
         return _download_missing(target, source)
     except DataError as err:
-        raise _idx_missing_error(name, searched, source, f"downloading into {target} failed: {err}") from err
+        reason = f"downloading into {target} failed: {err}"
+        raise _idx_missing_error(name, searched, source, reason, data_dir) from err
 
 
 def omniglot_file(data_dir: Path | None, download: bool) -> Path:
@@ -220,13 +226,15 @@ def omniglot_file(data_dir: Path | None, download: bool) -> Path:
         logger.info("omniglot: reading %s", folder / OMNIGLOT_FILE)
         return folder / OMNIGLOT_FILE
     if not download:
-        raise missing_files_error("omniglot", searched, OMNIGLOT_FILE, "downloading is disabled")
+        raise missing_files_error(
+            "omniglot", searched, OMNIGLOT_FILE, "downloading is disabled", data_dir=data_dir
+        )
     target = download_dir("omniglot", data_dir) / OMNIGLOT_FILE
     try:
         return download_any(OMNIGLOT_URLS, target, OMNIGLOT_MD5, verify=check_chardata)
     except DataError as err:
         reason = f"downloading into {target.parent} failed: {err}"
-        raise missing_files_error("omniglot", searched, OMNIGLOT_FILE, reason) from err
+        raise missing_files_error("omniglot", searched, OMNIGLOT_FILE, reason, data_dir=data_dir) from err
 
 
 def celeba_root(data_dir: Path | None) -> Path:
@@ -240,4 +248,4 @@ def celeba_root(data_dir: Path | None) -> Path:
         f"img_align_celeba.zip and {CELEBA_PARTITION_FILE} from {CELEBA_URL} ('Align&Cropped Images' "
         f"and 'Eval') and unzip them into {download_dir('celeba', data_dir)}"
     )
-    raise missing_files_error("celeba", search_dirs("celeba", data_dir), files, reason)
+    raise missing_files_error("celeba", search_dirs("celeba", data_dir), files, reason, data_dir=data_dir)

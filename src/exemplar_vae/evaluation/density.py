@@ -7,6 +7,7 @@ checked against the full prior on a few points and certified (``evaluation.certi
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from typing import Any
@@ -17,6 +18,8 @@ from tqdm.auto import tqdm
 
 from exemplar_vae import distributed
 from exemplar_vae.config import EvalConfig
+from exemplar_vae.errors import CheckpointError, RunFailed
+from exemplar_vae.evaluation.certify import CertifyStats
 from exemplar_vae.evaluation.scoring import PriorScoring
 from exemplar_vae.functional import bits_per_dim, log_mean_exp
 from exemplar_vae.models.vae import VAE
@@ -26,6 +29,8 @@ from exemplar_vae.objectives.likelihood import (
     log_weights,
 )
 from exemplar_vae.validation import validate_eval
+
+logger = logging.getLogger(__name__)
 
 
 @torch.no_grad()
@@ -49,14 +54,20 @@ def evaluate_density(
         progress: show a tqdm bar.
 
     Returns:
-        {"log_likelihood", "elbo" (nats, negative), "log_likelihood_std_error", "bits_per_dim",
+        {"log_likelihood", "elbo" (nats, negative), "log_likelihood_std_error" (None for one example),
+         "bits_per_dim",
          "samples", "examples", "seconds", "prior_eval", and with truncation "candidates",
          "truncation_check" {"points", "max_error", "mean_error", "min_error", "exact_seconds"} and
          (``certify``) "certified" {"mean_bound", "max_bound", "fraction_below_0.01", "tolerance",
          "fraction_below_tolerance", "log_likelihood_upper", "exemplars_evaluated_per_point",
          "nodes_per_point", "bound_seconds"}}.
+
+    Raises:
+        CheckpointError: a weight of ``model`` is NaN or infinite (checked before scoring).
+        RunFailed: the log-likelihood or the ELBO came out NaN or infinite.
     """
     config = validate_eval(config if config is not None else EvalConfig())
+    check_finite_weights(model)
     model.eval()
     model.prior.refresh(model.encoder)
     scoring = PriorScoring(model.prior, model.encoder, config.candidates, config.tolerance, config.budget)
@@ -64,11 +75,13 @@ def evaluate_density(
     start = time.perf_counter()
     ll, elbo, upper = _score(model, x, config, scoring, progress, config.certify and scoring.truncating)
     n = ll.shape[0]
-    mean_ll = float(ll.mean())
+    mean_ll, mean_elbo = float(ll.mean()), float(elbo.mean())
+    _check_finite_result(ll, elbo, mean_ll, mean_elbo)
     result: dict[str, Any] = {
         "log_likelihood": mean_ll,
-        "elbo": float(elbo.mean()),
-        "log_likelihood_std_error": float(ll.std() / math.sqrt(n)) if n > 1 else float("nan"),
+        "elbo": mean_elbo,
+        # one example has no spread to estimate: null in the JSON, not NaN (which is not JSON)
+        "log_likelihood_std_error": float(ll.std() / math.sqrt(n)) if n > 1 else None,
         "bits_per_dim": bits_per_dim(-mean_ll, x.shape[1]),
         "samples": config.samples,
         "examples": n,
@@ -79,21 +92,87 @@ def evaluate_density(
         result["candidates"] = config.candidates
         if upper is not None:
             gap = (upper - ll).double()  # [n] certified bound on each point's truncation error
-            stats = scoring.stats.summed_over_ranks()
-            result["certified"] = {
-                "mean_bound": float(gap.mean()),
-                "max_bound": float(gap.max()),
-                "fraction_below_0.01": float((gap < 0.01).double().mean()),
-                "tolerance": config.tolerance,
-                "fraction_below_tolerance": float((gap <= config.tolerance).double().mean()),
-                "log_likelihood_upper": float(upper.mean()),
-                "exemplars_evaluated_per_point": stats.evaluated / max(1, stats.points),
-                "nodes_per_point": stats.nodes / max(1, stats.points),
-                "bound_seconds": round(stats.seconds, 3),
-            }
+            result["certified"] = _certified(gap, upper, config.tolerance, scoring.stats.summed_over_ranks())
         if config.check_exact > 0:
             result["truncation_check"] = _check_truncation(model, x, ll, config)
+            if (
+                config.escalate
+                and not config.certify
+                and result["truncation_check"]["max_error"] > config.tolerance / 2
+            ):
+                result = _escalate(model, x, config, result, progress)
     return result
+
+
+def _certified(gap: Tensor, upper: Tensor, tolerance: float, stats: CertifyStats) -> dict[str, Any]:
+    """The summary of certified bounds: ``gap`` [n] bounds each point's truncation error, nats."""
+    return {
+        "mean_bound": float(gap.mean()),
+        "max_bound": float(gap.max()),
+        "fraction_below_0.01": float((gap < 0.01).double().mean()),
+        "tolerance": tolerance,
+        "fraction_below_tolerance": float((gap <= tolerance).double().mean()),
+        "log_likelihood_upper": float(upper.mean()),
+        "exemplars_evaluated_per_point": stats.evaluated / max(1, stats.points),
+        "nodes_per_point": stats.nodes / max(1, stats.points),
+        "bound_seconds": round(stats.seconds, 3),
+    }
+
+
+def _escalate(
+    model: VAE, x: Tensor, config: EvalConfig, first: dict[str, Any], progress: bool
+) -> dict[str, Any]:
+    """The truncation check found an error above half the tolerance: the kernel is wide enough that the
+    nearest candidates do not hold the prior's mass (e.g. an early model), and truncating saves nothing
+    there. Score again with the full prior over every exemplar (same samples, no truncation error) and
+    report both."""
+    check = first["truncation_check"]
+    logger.warning(
+        "the prior truncated to %d candidates was off by up to %.3g nats on the %d points checked (tolerance "
+        "%g): scoring again with the full prior over all exemplars",
+        config.candidates, check["max_error"], check["points"], config.tolerance,
+    )  # fmt: skip
+    start = time.perf_counter()
+    ll, elbo, _ = _score(model, x, config, PriorScoring(model.prior, model.encoder), progress, certify=False)
+    mean_ll, mean_elbo = float(ll.mean()), float(elbo.mean())
+    _check_finite_result(ll, elbo, mean_ll, mean_elbo)
+    n = ll.shape[0]
+    result = dict(first)  # "candidates" and "truncation_check" describe the truncated pass
+    result.update(
+        log_likelihood=mean_ll, elbo=mean_elbo,
+        log_likelihood_std_error=float(ll.std() / math.sqrt(n)) if n > 1 else None,
+        bits_per_dim=bits_per_dim(-mean_ll, x.shape[1]),
+        seconds=round(first["seconds"] + time.perf_counter() - start, 3),
+        prior_eval="exact (escalated)",
+        escalated={
+            "reason": f"truncated to {config.candidates} candidates, the check's largest error was "
+            f"{check['max_error']:.3g} nats (> tolerance / 2 = {config.tolerance / 2:g})",
+            "truncated_log_likelihood": first["log_likelihood"],
+        },
+    )  # fmt: skip
+    return result
+
+
+def check_finite_weights(model: torch.nn.Module) -> None:
+    """CheckpointError naming the first parameter of ``model`` that holds a NaN or an infinity: such a
+    model (a diverged run, a damaged file) scores nothing but NaN."""
+    for name, param in model.named_parameters():
+        if not bool(torch.isfinite(param).all()):
+            raise CheckpointError(
+                f"the model's weights hold NaN or infinite values (first in {name}): its run diverged or its "
+                "checkpoint is damaged; retrain it (with a smaller --lr if it diverged)"
+            )
+
+
+def _check_finite_result(ll: Tensor, elbo: Tensor, mean_ll: float, mean_elbo: float) -> None:
+    """RunFailed when the scores are not finite numbers (rather than writing NaN into evaluation.json)."""
+    if math.isfinite(mean_ll) and math.isfinite(mean_elbo):
+        return
+    bad = int((~torch.isfinite(ll) | ~torch.isfinite(elbo)).sum())
+    raise RunFailed(
+        f"evaluation gave a non-finite result (log-likelihood {mean_ll}, ELBO {mean_elbo}; {bad} of "
+        f"{ll.shape[0]} examples not finite): the model's outputs overflow on this data; nothing was written"
+    )
 
 
 @torch.no_grad()

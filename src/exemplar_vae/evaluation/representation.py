@@ -123,11 +123,14 @@ def knn_probe(
     index_codes = encode_codes(model, index_x, batch_size)  # [N, d]
     query_codes = encode_codes(model, queries, batch_size)  # [Q, d]
     _, nearest = knn_search(query_codes, index_codes, ks[-1], backend)  # [Q, K] nearest first
-    neighbour_labels = index_y.to(nearest.device)[nearest]  # [Q, K]
+    # vote on class ranks 0..C-1 (labels may be any integers, e.g. large ids in a user's .npz)
+    classes, ranks = torch.unique(index_y, return_inverse=True)  # [C], [N]
+    neighbour_labels = ranks.to(nearest.device)[nearest]  # [Q, K]
     test_y = test_y.to(nearest.device)
     results = []
     for k in ks:
-        correct = int((majority_vote(neighbour_labels, k) == test_y).sum())
+        predicted = classes.to(nearest.device)[majority_vote(neighbour_labels, k)]  # [Q] labels
+        correct = int((predicted == test_y).sum())
         accuracy = 100.0 * correct / test_y.shape[0]
         results.append(
             {"k": k, "correct": correct, "accuracy_percent": accuracy, "error_percent": 100 - accuracy}

@@ -19,7 +19,9 @@ PriorFactory = Callable[[PriorConfig, int, Tensor | ExemplarStore], Prior]
 
 PRIORS: dict[str, PriorFactory] = {
     "gaussian": lambda cfg, latent_dim, exemplars: GaussianPrior(latent_dim),
-    "vampprior": lambda cfg, latent_dim, exemplars: VampPrior(latent_dim, exemplars.shape[1], cfg.components),
+    "vampprior": lambda cfg, latent_dim, exemplars: VampPrior(
+        latent_dim, exemplars.shape[1], cfg.components, cfg.subsample
+    ),
     "mog": lambda cfg, latent_dim, exemplars: MoGPrior(latent_dim, cfg.components),
     "exemplar": lambda cfg, latent_dim, exemplars: ExemplarPrior(
         exemplars, latent_dim, cfg.exemplars, cfg.knn, cfg.leave_one_out, search=cfg.search, nprobe=cfg.nprobe

@@ -2,6 +2,9 @@
 
 from exemplar_vae.training.callbacks import Callback, CurvesCallback, TensorBoardLogger
 from exemplar_vae.training.checkpoint import (
+    Checkpoint,
+    checkpoint_file,
+    has_checkpoint,
     load_checkpoint,
     save_checkpoint,
 )
@@ -10,10 +13,13 @@ from exemplar_vae.training.loop import BatchSampler, Trainer, TrainResult
 __all__ = [
     "BatchSampler",
     "Callback",
+    "Checkpoint",
     "CurvesCallback",
     "TensorBoardLogger",
     "TrainResult",
     "Trainer",
+    "checkpoint_file",
+    "has_checkpoint",
     "load_checkpoint",
     "save_checkpoint",
 ]

@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,21 +31,29 @@ from tqdm.auto import tqdm
 from exemplar_vae import distributed
 from exemplar_vae.config import RunConfig
 from exemplar_vae.data import DataSplits, dynamic_binarize
-from exemplar_vae.errors import ExemplarVAEError, RunFailed
+from exemplar_vae.errors import CheckpointError, ExemplarVAEError, RunFailed
 from exemplar_vae.functional import kl_warmup
-from exemplar_vae.io import BEST, LAST, METRICS, atomic_write_text, read_metrics
+from exemplar_vae.io import METRICS, atomic_write_text, read_metrics
 from exemplar_vae.models.vae import VAE, StepNoise
 from exemplar_vae.objectives.elbo import ElboTerms, elbo_terms
-from exemplar_vae.training.checkpoint import load_checkpoint, save_checkpoint
+from exemplar_vae.training.checkpoint import (
+    check_optimizer,
+    check_weights,
+    load_checkpoint,
+    save_checkpoint,
+)
 from exemplar_vae.training.optim import build_optimizer, load_optimizer_state, normalize_gradients
 
 # settings a resumed run may change (the change is recorded in config.json); the others must be the saved ones
-RESUMABLE_CHANGES = frozenset({"epochs", "early_stopping", "device", "max_steps"})
+RESUMABLE_CHANGES = frozenset({"epochs", "early_stopping", "device", "max_steps", "divergence"})
 
 # (model, x [B, D], dataset indices [B] or None, beta, generator or None, noise or None) -> ElboTerms
 Loss = Callable[[VAE, Tensor, Tensor | None, float, torch.Generator | None, StepNoise | None], ElboTerms]
 
 AMP_DTYPES: dict[str, torch.dtype | None] = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+# what a diverging run does (TrainConfig.divergence, --on-divergence): raise RunFailed, or log a warning
+DIVERGENCE_POLICIES = ("stop", "warn")
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +127,45 @@ class TrainResult:
     history: list[dict[str, Any]]
 
 
+class DivergenceWatch:
+    """Tells a diverging run from one whose loss merely wobbles, from its per-step training losses.
+
+    The reference is the lowest mean of ``window`` consecutive steps' losses seen so far (before
+    ``window`` steps: the mean of all of them). A step is *over* when its loss exceeds both ``factor``
+    times the reference and the reference plus ``margin`` nats (the margin keeps a loss near zero from
+    tripping on noise). The run has diverged when ``patience`` consecutive steps are over, so a spike of
+    a few steps is tolerated. Defaults: 10x, 10 nats, a 5-step mean, 5 steps in a row. A healthy run's
+    loss falls or rises slowly (the KL warm-up adds at most beta's share of the KL, the learning rate
+    0.1 spikes to about 2x on digits); learning rates 1 and 10 reach 1e5 to 1e13 nats within one step.
+    The watch starts afresh at a resume (its state is not in the checkpoint).
+    """
+
+    def __init__(
+        self, factor: float = 10.0, margin: float = 10.0, window: int = 5, patience: int = 5
+    ) -> None:
+        self.factor, self.margin, self.window, self.patience = factor, margin, window, patience
+        self.recent: deque[float] = deque(maxlen=window)
+        self.best = math.inf  # the lowest window mean so far
+        self.over = 0  # consecutive steps over the threshold
+
+    def threshold(self) -> float:
+        """The loss above which a step is over (nats)."""
+        return max(self.factor * self.best, self.best + self.margin)
+
+    def update(self, loss: float) -> bool:
+        """Records one step's loss (nats per example); True when the last ``patience`` steps were over."""
+        self.recent.append(loss)
+        self.best = min(self.best, sum(self.recent) / len(self.recent))
+        self.over = self.over + 1 if loss > self.threshold() else 0
+        return self.over >= self.patience
+
+    def describe(self, loss: float) -> str:
+        return (
+            f"the training loss has been above {self.factor:g}x its lowest {self.window}-step mean "
+            f"({self.best:.4g} nats) for {self.over} steps in a row (now {loss:.4g} nats)"
+        )
+
+
 def _mean(values: Sequence[float]) -> float:
     return float(sum(values) / max(1, len(values)))
 
@@ -166,9 +214,13 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self._prior_fresh = False  # the prior's cache matches the current weights
         self._stop_requested = False
+        self.divergence = DivergenceWatch()  # per-step losses -> diverged or not (TrainConfig.divergence)
+        self._warned_epoch = 0  # "warn" mode: the last epoch a divergence warning was logged in
 
     # -- state ---------------------------------------------------------------------------------------
     def _payload(self) -> dict[str, Any]:
+        """What ``save_checkpoint`` writes: the model's and optimizer's state dicts, the configuration, the
+        loop state, the generators' states, the process count, the global batch and the scaler's state."""
         payload: dict[str, Any] = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -185,47 +237,60 @@ class Trainer:
         return payload
 
     def resume(self) -> None:
-        """Continue from RUN_DIR/last.pt: weights, optimizer, loop state, RNG state and metrics."""
+        """Continue from the run folder's last checkpoint (RUN_DIR/last.json, or the last.pt of an older
+        run): weights, optimizer, loop state, RNG state and metrics.
+
+        Everything is checked before anything is loaded: the checkpoint's files (``load_checkpoint``), its
+        configuration against this run's (data, model and prior the same: this run's configuration was
+        validated against the data, the networks' memory included, before the model was built), and its
+        tensors against this model and optimizer. The next checkpoint is written in the current format.
+        """
         assert self.run_dir is not None
-        ckpt = load_checkpoint(self.run_dir / LAST, map_location=self.device)
-        saved = RunConfig.from_dict(ckpt["config"])
+        ckpt = load_checkpoint(self.run_dir, "last", map_location=self.device)
+        where, saved = ckpt.path, ckpt.config
         if (
             saved.model != self.config.model
             or saved.prior != self.config.prior
             or saved.data != self.config.data
         ):
-            raise ExemplarVAEError(
-                f"{self.run_dir / LAST} was trained with a different data/model/prior configuration"
-            )
+            raise ExemplarVAEError(f"{where} was trained with a different data/model/prior configuration")
         changed = sorted(
             k for k, v in vars(saved.train).items()
             if k not in RESUMABLE_CHANGES and getattr(self.config.train, k) != v
         )  # fmt: skip
         if "batch_size" not in changed and changed:
             raise ExemplarVAEError(
-                f"{self.run_dir / LAST} was trained with other settings ({', '.join(changed)}); a resumed run "
+                f"{where} was trained with other settings ({', '.join(changed)}); a resumed run "
                 f"keeps them (only {', '.join(sorted(RESUMABLE_CHANGES))} may change)"
             )
-        state = LoopState(**ckpt["loop"])
+        assert ckpt.loop is not None and ckpt.optimizer is not None and ckpt.rng is not None
+        state = LoopState(**ckpt.loop)
+        if "step" not in ckpt.loop:  # a legacy checkpoint of the first versions: whole epochs only
+            state.step = state.epoch * len(self.sampler)
         if self.config.train.epochs < state.epoch:
             raise ExemplarVAEError(
-                f"{self.run_dir / LAST} has trained {state.epoch} epochs already; --epochs "
+                f"{where} has trained {state.epoch} epochs already; --epochs "
                 f"{self.config.train.epochs} would end it before it resumed (ask for more epochs)"
             )
-        if ckpt.get("batch_size", saved.train.batch_size) != self.config.train.batch_size:
+        if ckpt.batch_size != self.config.train.batch_size:
             raise ExemplarVAEError(
-                f"{self.run_dir / LAST} was trained with a global batch of {saved.train.batch_size}; resume "
-                f"it with that --batch-size (got {self.config.train.batch_size}; the process count may change)"
+                f"{where} was trained with a global batch of {ckpt.batch_size}; resume it with that "
+                f"--batch-size (got {self.config.train.batch_size}; the process count may change)"
             )
-        self.model.load_state_dict(ckpt["model"])
-        load_optimizer_state(self.optimizer, ckpt["optimizer"])
-        self.state = LoopState(**ckpt["loop"])
-        if "scaler" in ckpt and self.scaler.is_enabled():
-            self.scaler.load_state_dict(ckpt["scaler"])
+        check_weights(ckpt, self.model.state_dict())
+        check_optimizer(ckpt, self.optimizer)
+        self.model.load_state_dict(ckpt.model)
+        load_optimizer_state(self.optimizer, ckpt.optimizer)
+        self.state = state
+        if ckpt.scaler is not None and self.scaler.is_enabled():
+            self.scaler.load_state_dict(ckpt.scaler)
         self._prior_fresh = False
-        torch.set_rng_state(ckpt["rng"].cpu())
-        if "cuda_rng" in ckpt and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in ckpt["cuda_rng"]])
+        torch.set_rng_state(ckpt.rng)
+        if ckpt.cuda_rng is not None and torch.cuda.is_available():
+            try:
+                torch.cuda.set_rng_state_all(ckpt.cuda_rng)
+            except (RuntimeError, IndexError) as err:
+                raise CheckpointError(f"{where}: the CUDA generator states do not fit here ({err})") from err
         metrics_path = self.run_dir / METRICS
         if metrics_path.exists():  # keep the epochs the checkpoint has seen, drop any written after it
             self.history = [m for m in read_metrics(self.run_dir) if m["epoch"] <= self.state.epoch]
@@ -262,6 +327,7 @@ class Trainer:
             if t.max_steps is not None and s.step >= t.max_steps:
                 break
             sums.append(self.step(batches[i], beta, epoch, i).tolist())
+            self._watch(sums[-1][0] / sums[-1][3], epoch, i)
             s.step, s.epoch_step = s.step + 1, i + 1
             bar.set_postfix(loss=f"{sums[-1][0] / sums[-1][3]:.2f}")
         if not sums:
@@ -283,7 +349,8 @@ class Trainer:
             [4] the global batch's summed loss, rec and kl (nats) and its size (identical on every rank).
 
         Raises:
-            RunFailed: the loss is not finite (``epoch`` is named in the message).
+            RunFailed: the loss is not finite (``epoch`` is named in the message), whatever
+                ``divergence`` says: the update would write NaN into the weights.
         """
         model, t = self.model, self.config.train
         idx = idx.to(self.device)
@@ -310,7 +377,8 @@ class Trainer:
         sums[3] = idx.shape[0]
         if not torch.isfinite(sums[0]):
             raise RunFailed(
-                f"training diverged at epoch {epoch} (loss {float(sums[0] / sums[3])}); try a smaller --lr"
+                f"training diverged at epoch {epoch}, step {step + 1} (loss {float(sums[0] / sums[3])}); "
+                f"try a smaller --lr (now {t.lr:g})"
             )
         self.scaler.unscale_(self.optimizer)  # no-op when the scaler is disabled
         if t.optimizer == "adamnormgrad":
@@ -319,6 +387,24 @@ class Trainer:
         self.scaler.update()
         self._prior_fresh = False
         return sums
+
+    def _watch(self, loss: float, epoch: int, step: int) -> None:
+        """Feeds step ``step``'s loss to the divergence watch; a diverged run raises RunFailed
+        (``divergence="stop"``) or logs a warning, at most one per epoch (``"warn"``). Every rank sees
+        the same global losses, so every rank decides the same."""
+        if not self.divergence.update(loss):
+            return
+        t = self.config.train
+        what = f"training diverged at epoch {epoch}, step {step + 1}: {self.divergence.describe(loss)}"
+        if t.divergence != "warn":
+            raise RunFailed(
+                f"{what}; try a smaller --lr (now {t.lr:g}), or --on-divergence warn to train on regardless"
+            )
+        if self._warned_epoch != epoch:
+            self._warned_epoch = epoch
+            logger.warning(
+                "%s; training on (--on-divergence warn); a smaller --lr (now %g) may help", what, t.lr
+            )
 
     @torch.no_grad()
     def validate(self, batch_size: int = 500) -> dict[str, float]:
@@ -396,18 +482,19 @@ class Trainer:
 
     def _write(self, metrics: dict[str, Any], improved: bool) -> None:
         if self.run_dir is not None and self.is_main:
-            # metrics first: a resume drops metric lines newer than last.pt, so a crash in between is harmless
+            # metrics first: a resume drops metric lines newer than the last checkpoint, so a crash in
+            # between is harmless
             with open(self.run_dir / METRICS, "a") as f:
                 f.write(json.dumps(metrics) + "\n")
             payload = self._payload()
             if improved:
-                save_checkpoint(self.run_dir / BEST, payload)
-            save_checkpoint(self.run_dir / LAST, payload)
+                save_checkpoint(self.run_dir, "best", payload)
+            save_checkpoint(self.run_dir, "last", payload)
         distributed.barrier()  # the other ranks wait until the files are written
 
     def _save_partial(self, epoch: int) -> None:
-        """last.pt of a run stopped by ``max_steps`` inside ``epoch`` (no metrics line: the epoch has not
-        ended). A resume continues the epoch from the next step, with the cache refreshed at resume."""
+        """The last checkpoint of a run stopped by ``max_steps`` inside ``epoch`` (no metrics line: the epoch
+        has not ended). A resume continues the epoch from the next step, with the cache refreshed at resume."""
         logger.info(
             "max_steps=%d reached at step %d of epoch %d",
             self.config.train.max_steps,
@@ -415,5 +502,5 @@ class Trainer:
             epoch,
         )
         if self.run_dir is not None and self.is_main:
-            save_checkpoint(self.run_dir / LAST, self._payload())
+            save_checkpoint(self.run_dir, "last", self._payload())
         distributed.barrier()
