@@ -336,3 +336,19 @@ def test_cuda_codes_index_searches_like_the_cpu_index() -> None:
     found = searcher.neighbours(queries.cuda(), MaskSubset(mask.cuda()), codes.cuda(), 8)
     assert found.is_cuda and (np.sort(found.cpu().numpy(), 1) == expected).all()
     assert searcher.recall == 1.0
+
+
+def test_exact_search_of_a_keyed_subset_lists_it() -> None:
+    """The exact search of a subset object lists its members: the brute force within the subset."""
+    from exemplar_vae.priors.subset import KeyedSubset
+    from exemplar_vae.retrieval import SubsetSearch
+
+    g = torch.Generator().manual_seed(3)
+    codes = torch.cat([torch.randn(500, 4, generator=g), 50.0 + torch.randn(500, 4, generator=g)])  # [N, d]
+    keyed = KeyedSubset(1000, 300, key=7)
+    members = keyed.members()
+    queries = torch.cat([codes[:20], codes[500:520]]) + 0.01  # near both clusters
+    found = SubsetSearch(backend="torch").exact(queries, keyed, codes, 5)
+    expect = members[torch.cdist(queries, codes[members]).topk(5, largest=False).indices]  # [B, 5]
+    assert torch.equal(found.sort(1).values, expect.sort(1).values)
+    assert keyed.contains(found).all()

@@ -317,6 +317,11 @@ def std_error_text(value: float | None) -> str:
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """Defaults (or --config / the saved config on --resume), overridden by the flags that were given."""
     if args.resume:
+        if not (Path(args.out) / "config.json").is_file():
+            raise ExemplarVAEError(
+                f"{args.out} holds no run to resume (no config.json): run the same train command without "
+                "--resume to start it"
+            )
         base = load_run_config(args.out)
     elif args.config is not None:
         base = RunConfig.load(args.config)
