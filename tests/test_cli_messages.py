@@ -52,3 +52,33 @@ def test_one_test_point_prints_n_a_for_the_standard_error(run: Path, capsys) -> 
     assert json.loads((run / "evaluation.json").read_text())["log_likelihood_std_error"] is None
     assert main(["table", str(run)]) == 0
     assert "± n/a" in capsys.readouterr().out
+
+
+def test_generate_from_one_class_or_from_given_images(run: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """`generate --class` draws from the Parzen window over one class's training images, `--from-images`
+    from images the user gives (a folder or an .npz); both write a grid, and they exclude each other."""
+    import numpy as np
+    from PIL import Image
+
+    from exemplar_vae.data import load_dataset
+
+    assert (
+        main(["-q", "generate", str(run), "--out", str(tmp_path / "c.png"), "--class", "3", "--n", "9"]) == 0
+    )
+    assert Image.open(tmp_path / "c.png").size[0] > 0
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    digits = load_dataset("digits")
+    for i in range(4):
+        image = (digits.test_grey[i].reshape(8, 8).numpy() * 255).astype(np.uint8)
+        Image.fromarray(image, mode="L").save(folder / f"{i}.png")
+    assert (
+        main(["-q", "generate", str(run), "--out", str(tmp_path / "f.png"), "--from-images", str(folder)])
+        == 0
+    )
+    assert (
+        main(["-q", "generate", str(run), "--out", str(tmp_path / "x.png"), "--class", "3", "--interpolate"])
+        == 2
+    )
+    assert "pick one of" in capsys.readouterr().err
+    assert main(["-q", "generate", str(run), "--out", str(tmp_path / "y.png"), "--class", "42"]) == 2

@@ -7,6 +7,7 @@ Run folders are read through ``exemplar_vae.runs``; reports and tables of run fo
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,14 +18,18 @@ from torch import Tensor
 from exemplar_vae import distributed, rundir
 from exemplar_vae.config import EvalConfig, RunConfig
 from exemplar_vae.data import DataInput, DataSplits
+from exemplar_vae.data.images import IMAGE_SUFFIXES
 from exemplar_vae.errors import ConfigError
 from exemplar_vae.evaluation import DEFAULT_KS, evaluate_density, knn_probe, tsne_plot
 from exemplar_vae.generation import (
     check_temperature,
     cyclic_chain,
     exemplar_grid,
+    exemplars_of_class,
     interpolation_grid,
     prior_sample_grid,
+    read_images,
+    sample_from_exemplars,
 )
 from exemplar_vae.io import CONFIG, EVALUATION, RunLock, atomic_write_json, check_run_lock
 from exemplar_vae.models import VAE
@@ -35,6 +40,7 @@ from exemplar_vae.runs import (
     check_data,
     data_record,
     extra_sources,
+    load_exemplars_npz,
     load_run,
     prepare,
     python_data_error,
@@ -275,6 +281,8 @@ def generate_pictures(
     extra_exemplars: Tensor | str | Path | None = None,
     temperature: float = 1.0,
     cyclic: int | None = None,
+    class_label: int | None = None,
+    from_images: str | Path | None = None,
     interpolate: bool = False,
     steps: int = 10,
 ) -> Path:
@@ -285,6 +293,8 @@ def generate_pictures(
     * default: n prior samples (decoder means) in a near-square grid;
     * ``from_exemplars``: n rows, each an exemplar followed by ``variations`` draws from r(z|x), decoded;
     * ``cyclic=T``: n rows, each a cyclic chain x_0 (uniform noise), x_1, ..., x_T (``cyclic_chain``);
+    * ``class_label`` / ``from_images``: n samples from the Parzen window over the training images of one
+      class, or over the images of an ``.npz``/folder (``generation.sample_from_exemplars``: no retraining);
     * ``interpolate``: n rows, each an exemplar x_a, ``steps`` decoded points on the line from mu(x_a) to
       mu(x_b), then the exemplar x_b, for random pairs of exemplars.
 
@@ -301,8 +311,15 @@ def generate_pictures(
     temperature = check_temperature(temperature)
     if cyclic is not None and cyclic < 1:
         raise ConfigError(f"--cyclic needs at least 1 step, got {cyclic}")
-    if sum([from_exemplars, cyclic is not None, interpolate]) > 1:
-        raise ConfigError("pick one of --from-exemplars, --cyclic and --interpolate")
+    layouts = [
+        from_exemplars,
+        cyclic is not None,
+        interpolate,
+        class_label is not None,
+        from_images is not None,
+    ]
+    if sum(layouts) > 1:
+        raise ConfigError("pick one of --from-exemplars, --cyclic, --interpolate, --class and --from-images")
     if from_exemplars and variations < 1:
         raise ConfigError(f"--variations must be at least 1, got {variations}")
     if interpolate and steps < 2:
@@ -319,6 +336,14 @@ def generate_pictures(
         grid = exemplar_grid(model, pool[pick], variations, g, temperature)
     elif cyclic is not None:
         grid = cyclic_chain(model, cyclic, n, g, temperature)
+    elif class_label is not None or from_images is not None:
+        if class_label is not None:
+            chosen = exemplars_of_class(data, class_label)  # [M, D] the training images of that class
+        else:
+            chosen = _images_from(Path(from_images), data)  # type: ignore[arg-type]
+        cols = max(1, math.ceil(math.sqrt(n)))
+        rows = math.ceil(n / cols)
+        grid = sample_from_exemplars(model, chosen, rows * cols, g, temperature).reshape(rows, cols, -1)
     elif interpolate:
         if pool.shape[0] < 2:
             raise ConfigError("interpolation needs at least 2 exemplars")
@@ -327,6 +352,18 @@ def generate_pictures(
     else:
         grid = prior_sample_grid(model, n, g, temperature)
     return save_image_grid(grid, data.image_shape, out)
+
+
+def _images_from(path: Path, data: DataSplits) -> Tensor:
+    """Exemplar images from an ``.npz`` (array ``x``) or a folder of image files: [M, D] in [0, 1]."""
+    if path.suffix.lower() == ".npz":
+        return load_exemplars_npz(path, data)
+    if not path.is_dir():
+        raise ConfigError(f"--from-images must be an .npz file or a folder of images, got '{path}'")
+    files = sorted(f for f in path.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ConfigError(f"{path} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return read_images(files, data.image_shape)
 
 
 def probe_run(

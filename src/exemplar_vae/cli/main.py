@@ -272,6 +272,14 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--steps", type=int, default=10, help="points per interpolation row (default 10)")
     p.add_argument(
+        "--class", dest="class_label", type=int, default=None, metavar="LABEL",
+        help="samples from the training images of one class only (the Parzen window over them)",
+    )  # fmt: skip
+    p.add_argument(
+        "--from-images", type=Path, default=None, metavar="NPZ_OR_FOLDER",
+        help="samples around these images only (an .npz with array x, or a folder of images), no retraining",
+    )  # fmt: skip
+    p.add_argument(
         "--temperature", type=float, default=1.0,
         help="multiplies the sampling std of the prior (or of r(z|x) for the row layouts); default 1",
     )  # fmt: skip
@@ -428,7 +436,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     path = pipeline.generate_pictures(
         args.run_dir, args.out, args.n, args.from_exemplars, args.variations, args.device, args.seed,
         extra_exemplars=args.extra_exemplars, temperature=args.temperature, cyclic=args.cyclic,
-        interpolate=args.interpolate, steps=args.steps,
+        interpolate=args.interpolate, steps=args.steps, class_label=args.class_label,
+        from_images=args.from_images,
     )  # fmt: skip
     print(f"wrote {path}")
     return 0
