@@ -131,12 +131,18 @@ def all_reduce_gradients(params: Iterable[nn.Parameter]) -> None:
         offset += g.numel()
 
 
+def collective_device() -> torch.device:
+    """Where small tensors for a collective must live: the current GPU under nccl, else the CPU."""
+    if active() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def broadcast_flag(flag: bool) -> bool:
     """Rank 0's value of ``flag`` on every rank (e.g. its early-stopping decision)."""
     if not active():
         return flag
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
-    t = torch.tensor([1 if flag else 0], dtype=torch.int64, device=device)
+    t = torch.tensor([1 if flag else 0], dtype=torch.int64, device=collective_device())
     dist.broadcast(t, src=0)
     return bool(t.item())
 

@@ -314,9 +314,10 @@ class CertifyStats:
         """The work of every rank of a distributed evaluation (seconds: the slowest rank's)."""
         if not distributed.active():
             return self
-        t = torch.tensor([self.points, self.evaluated, self.nodes], dtype=torch.float64)
+        device = distributed.collective_device()
+        t = torch.tensor([self.points, self.evaluated, self.nodes], dtype=torch.float64, device=device)
         distributed.all_reduce_sum(t)
-        slowest = torch.tensor([self.seconds], dtype=torch.float64)
+        slowest = torch.tensor([self.seconds], dtype=torch.float64, device=device)
         torch.distributed.all_reduce(slowest, op=torch.distributed.ReduceOp.MAX)
         return CertifyStats(int(t[0]), float(t[1]), int(t[2]), float(slowest[0]))
 

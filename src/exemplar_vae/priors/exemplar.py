@@ -300,7 +300,7 @@ class ExemplarPrior(Prior):
         else:  # this rank's share of a small last batch is empty; it still joins the union below
             found = torch.zeros((0, k), dtype=torch.int64, device=z.device)
         # every rank's neighbours: the same union everywhere (sorted, as one process would form it)
-        return torch.unique(distributed.gather_rows(found.reshape(-1)))  # [U]
+        return torch.unique(distributed.gather_rows(found.reshape(-1).to(z.device)))  # [U]
 
     def knn_log_prob(
         self, z: Tensor, encoder: Encoder, index: Tensor | None, subset: Tensor | Subset

@@ -128,9 +128,9 @@ class SubsetSearch:
         """The exact k nearest members of ``subset``: [B, k] rows of ``codes`` (a ``Subset`` is listed,
         O(M), as a flat search of the subset must; searching all N codes and filtering the hits by
         membership measured slower at the sizes of training, 25,000 of 50,000)."""
-        rows = subset if isinstance(subset, Tensor) else subset.members()
+        rows = (subset if isinstance(subset, Tensor) else subset.members()).to(codes.device)
         _, nearest = knn_search(z.detach(), codes[rows], k, self.backend)  # [B, k] rows of the subset
-        return rows[nearest.to(rows.device)]
+        return rows[nearest.to(rows.device)].to(z.device)
 
     def index(self, codes: Tensor) -> tuple[ApproximateIndex, bool]:
         """The IVF index over ``codes``, rebuilt when they are a new cache tensor; and whether it was just

@@ -9,7 +9,8 @@ Every step's batch and randomness are keyed: the epoch's order is a permutation 
 and the step's binarisation, noise and exemplar subset come from a generator seeded by (seed, epoch,
 step), drawn for the whole batch. So a run split over W processes (``exemplar_vae.distributed``: each rank
 takes its rows of every batch, the gradients are summed over ranks) computes the updates of one process
-with the same global batch, and a resumed run continues as if it had not stopped.
+with the same global batch, and a run resumed at an epoch boundary continues as if it had not stopped (a
+run stopped inside an epoch by ``max_steps`` re-encodes the exemplar cache when it resumes).
 """
 
 from __future__ import annotations
@@ -287,13 +288,23 @@ class Trainer:
         self._prior_fresh = False
         torch.set_rng_state(ckpt.rng)
         if ckpt.cuda_rng is not None and torch.cuda.is_available():
-            try:
-                torch.cuda.set_rng_state_all(ckpt.cuda_rng)
-            except (RuntimeError, IndexError) as err:
-                raise CheckpointError(f"{where}: the CUDA generator states do not fit here ({err})") from err
+            # training draws from keyed generators; the global CUDA states only matter to user code, and a
+            # run may resume on fewer GPUs than it was saved on: restore those that fit
+            for device, cuda_state in enumerate(ckpt.cuda_rng[: torch.cuda.device_count()]):
+                try:
+                    torch.cuda.set_rng_state(cuda_state, device)
+                except (RuntimeError, IndexError) as err:
+                    raise CheckpointError(
+                        f"{where}: the CUDA generator states do not fit here ({err})"
+                    ) from err
         metrics_path = self.run_dir / METRICS
         if metrics_path.exists():  # keep the epochs the checkpoint has seen, drop any written after it
-            self.history = [m for m in read_metrics(self.run_dir) if m["epoch"] <= self.state.epoch]
+            try:
+                self.history = [m for m in read_metrics(self.run_dir) if m["epoch"] <= self.state.epoch]
+            except (ValueError, KeyError, TypeError) as err:
+                raise CheckpointError(
+                    f"{metrics_path} is damaged ({type(err).__name__}: {err}); fix or remove the bad line"
+                ) from err
             if self.is_main:
                 atomic_write_text(metrics_path, "".join(json.dumps(m) + "\n" for m in self.history))
             distributed.barrier()
