@@ -21,7 +21,15 @@ from exemplar_vae.data import load_dataset
 from exemplar_vae.pipeline import train
 from exemplar_vae.priors import ExemplarPrior
 from exemplar_vae.runs import build_model
+from exemplar_vae.training import Callback
 from exemplar_vae.validation import validate
+
+
+class Failing(Callback):
+    """A callback that fails after the first epoch (it runs on rank 0 only)."""
+
+    def on_epoch_end(self, trainer, metrics) -> None:  # noqa: ANN001
+        raise RuntimeError("a callback failed on purpose")
 
 
 def probes(data) -> dict:  # noqa: ANN001
@@ -50,9 +58,11 @@ def main(spec_path: str, out_path: str) -> None:
     results: dict = {}
     for case in spec["cases"]:
         config = RunConfig.from_dict(case["config"])
+        callbacks = [Failing()] if case.get("fail_in_callback") else []
         model, result = train(
-            config, case.get("run_dir"), resume=case.get("resume", False), progress=False, data=data
-        )
+            config, case.get("run_dir"), resume=case.get("resume", False), progress=False, data=data,
+            callbacks=callbacks,
+        )  # fmt: skip
         results[case["name"]] = {
             "params": {k: v.detach().clone() for k, v in model.state_dict().items()},
             "history": result.history,

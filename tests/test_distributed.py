@@ -182,3 +182,18 @@ def test_resuming_with_another_global_batch_is_refused_before_anything_is_writte
     with pytest.raises(ExemplarVAEError, match="global batch of 92"):
         train(other, tmp_path / "r", resume=True, progress=False)
     assert {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()} == saved
+
+
+def test_a_failure_on_rank_0_stops_every_rank_instead_of_hanging(tmp_path: Path) -> None:
+    """Rank 0 alone runs callbacks and writes files; when that fails, the other ranks are told and stop
+    (they would otherwise wait at the next collective until the process group's timeout)."""
+    spec = {"cases": [{"name": "fails", "config": CASES["gaussian"], "run_dir": str(tmp_path / "f"),
+                       "fail_in_callback": True}]}  # fmt: skip
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps(spec))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(WORKER),
+           str(spec_path), str(tmp_path / "out.pt")]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode != 0
+    assert "a callback failed on purpose" in proc.stderr and "rank 0 failed in a callback" in proc.stderr

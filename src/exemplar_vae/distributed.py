@@ -21,14 +21,16 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+T = TypeVar("T")
 
 
 def active() -> bool:
@@ -145,6 +147,26 @@ def broadcast_flag(flag: bool) -> bool:
     t = torch.tensor([1 if flag else 0], dtype=torch.int64, device=collective_device())
     dist.broadcast(t, src=0)
     return bool(t.item())
+
+
+def on_rank0(action: Callable[[], T], what: str) -> T | None:
+    """``action()`` on rank 0 only (the rank that writes files); when it fails, every rank raises (rank 0
+    its own error, the others a ``RunFailed`` pointing to it), so no rank waits for one that has left.
+    Returns rank 0's result (None on the other ranks)."""
+    result: T | None = None
+    failure: Exception | None = None
+    if is_main():
+        try:
+            result = action()
+        except Exception as err:  # noqa: BLE001 - re-raised below, once the other ranks are told
+            failure = err
+    if broadcast_flag(failure is not None):
+        if failure is not None:
+            raise failure
+        from exemplar_vae.errors import RunFailed
+
+        raise RunFailed(f"rank 0 failed {what}: its error message says why")
+    return result
 
 
 def barrier() -> None:

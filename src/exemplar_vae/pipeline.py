@@ -159,14 +159,16 @@ def train(
         if resume:  # the checkpoint's own checks; only the lock is written before them
             trainer.resume()
         distributed.barrier()  # every rank has checked the folder before rank 0 writes into it
-        if distributed.is_main():
+
+        def start_files() -> None:
             config.save(run_dir / CONFIG)
             if record is not None and not (resume and (run_dir / DATA_RECORD).is_file()):
                 atomic_write_json(run_dir / DATA_RECORD, record)
             if tensorboard:  # callbacks run on rank 0 only, into the claimed folder
                 trainer.callbacks.append(TensorBoardLogger(run_dir / "tensorboard"))
             trainer.callbacks.append(CurvesCallback(run_dir / "curves.png"))
-        distributed.barrier()
+
+        distributed.on_rank0(start_files, f"writing {run_dir}")
         logger.info("training %s prior on %s: %s", config.prior.name, data.name, data.summary())
         result = trainer.fit()
         if has_checkpoint(run_dir, "best"):
@@ -263,9 +265,8 @@ def evaluate_run(
         extra_exemplars=in_use - data.num_train,
         extra_exemplar_sources=extra_sources(data, extra_exemplars, add_val_exemplars),
     )  # fmt: skip
-    if distributed.is_main():
-        atomic_write_json(Path(out) if out is not None else Path(run_dir) / EVALUATION, result)
-    distributed.barrier()
+    target = Path(out) if out is not None else Path(run_dir) / EVALUATION
+    distributed.on_rank0(lambda: atomic_write_json(target, result), f"writing {target}")
     return result
 
 

@@ -15,6 +15,7 @@ run stopped inside an epoch by ``max_steps`` re-encodes the exemplar cache when 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -305,9 +306,8 @@ class Trainer:
                 raise CheckpointError(
                     f"{metrics_path} is damaged ({type(err).__name__}: {err}); fix or remove the bad line"
                 ) from err
-            if self.is_main:
-                atomic_write_text(metrics_path, "".join(json.dumps(m) + "\n" for m in self.history))
-            distributed.barrier()
+            kept = "".join(json.dumps(m) + "\n" for m in self.history)
+            distributed.on_rank0(lambda: atomic_write_text(metrics_path, kept), f"rewriting {metrics_path}")
         logger.info(
             "resumed from epoch %d (best validation loss %.3f)", self.state.epoch, self.state.best_val
         )
@@ -475,9 +475,8 @@ class Trainer:
                 epoch, metrics["train_loss"], metrics["val_loss"], metrics["val_rec"], metrics["val_kl"],
                 beta, metrics["seconds"], "  *" if improved else "",
             )  # fmt: skip
-            if self.is_main:
-                for cb in self.callbacks:
-                    cb.on_epoch_end(self, metrics)
+
+            distributed.on_rank0(functools.partial(self._epoch_callbacks, metrics), "in a callback")
             # rank 0 decides (every rank holds the same figures; the decision must be one)
             if distributed.broadcast_flag(bool(t.early_stopping) and s.bad_epochs >= t.early_stopping):
                 logger.info("early stopping: %d epochs without improvement", s.bad_epochs)
@@ -486,22 +485,35 @@ class Trainer:
             if distributed.broadcast_flag(self._stop_requested):
                 logger.info("stopped after epoch %d on request", epoch)
                 break
-        if self.is_main:
+
+        def finish() -> None:
             for cb in self.callbacks:
                 cb.on_train_end(self)
+
+        distributed.on_rank0(finish, "in a callback")
         return TrainResult(s.epoch, s.best_epoch, s.best_val, stopped, self.history)
 
+    def _epoch_callbacks(self, metrics: dict[str, Any]) -> None:
+        for cb in self.callbacks:
+            cb.on_epoch_end(self, metrics)
+
     def _write(self, metrics: dict[str, Any], improved: bool) -> None:
-        if self.run_dir is not None and self.is_main:
+        run_dir = self.run_dir
+        if run_dir is None:
+            return
+
+        def write() -> None:
             # metrics first: a resume drops metric lines newer than the last checkpoint, so a crash in
             # between is harmless
-            with open(self.run_dir / METRICS, "a") as f:
+            with open(run_dir / METRICS, "a") as f:
                 f.write(json.dumps(metrics) + "\n")
             payload = self._payload()
             if improved:
-                save_checkpoint(self.run_dir, "best", payload)
-            save_checkpoint(self.run_dir, "last", payload)
-        distributed.barrier()  # the other ranks wait until the files are written
+                save_checkpoint(run_dir, "best", payload)
+            save_checkpoint(run_dir, "last", payload)
+
+        # rank 0 writes; if it fails (e.g. the disk is full) every rank stops instead of waiting for it
+        distributed.on_rank0(write, f"writing the checkpoint of {run_dir}")
 
     def _save_partial(self, epoch: int) -> None:
         """The last checkpoint of a run stopped by ``max_steps`` inside ``epoch`` (no metrics line: the epoch
@@ -512,6 +524,8 @@ class Trainer:
             self.state.epoch_step,
             epoch,
         )
-        if self.run_dir is not None and self.is_main:
-            save_checkpoint(self.run_dir, "last", self._payload())
-        distributed.barrier()
+        run_dir = self.run_dir
+        if run_dir is not None:
+            distributed.on_rank0(
+                lambda: save_checkpoint(run_dir, "last", self._payload()), f"writing {run_dir}"
+            )
