@@ -214,9 +214,10 @@ class EvalConfig:
             every exemplar.
         check_exact: with truncation, also score the first n points with the full prior on the same
             samples and report the truncation error ("truncation_check"); 0 skips it.
-        escalate: when that check finds an error above ``tolerance / 2`` (a kernel too wide for the
-            candidates to hold the mass), score every point again with the full prior and report both
-            ("escalated"); False keeps the truncated value.
+        escalate: when that check finds an error above ``tolerance`` (a kernel too wide for the
+            candidates to hold the mass), score again with 4x the candidates until the check is within the
+            tolerance, or with the full prior past N/4 candidates, and report what was used ("escalated");
+            False keeps the first truncated value.
         certify: with truncation, bound every point's truncation error from above (see
             ``evaluation.certify``).
         tolerance: the certified bound to reach per test point, nats.

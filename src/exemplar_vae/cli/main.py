@@ -217,13 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--check-exact", type=int, default=10,
         help="with truncation, re-score the first n test points with the full prior and the same samples "
-        "and report the truncation error (default 10; 0 = off); an error above half the certify tolerance "
-        "re-scores every point with the full prior (see --no-escalate)",
+        "and report the truncation error (default 10; 0 = off); an error above --certify-tolerance re-scores "
+        "with 4x the candidates until within it, or with the full prior (see --no-escalate)",
     )  # fmt: skip
     p.add_argument(
         "--no-escalate", action="store_true",
-        help="keep the truncated value even when the --check-exact points show an error above half the "
-        "tolerance (default: re-score with the full prior)",
+        help="keep the truncated value even when the --check-exact points show an error above the tolerance "
+        "(default: re-score with more candidates)",
     )  # fmt: skip
     p.add_argument(
         "--certify", action="store_true",
@@ -421,7 +421,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             )
         if result.get("escalated"):
             print(
-                f"{result['escalated']['reason']}: every point re-scored with the full prior (truncated "
+                f"{result['escalated']['reason']}: re-scored ({result['prior_eval']}; first truncated "
                 f"estimate {result['escalated']['truncated_log_likelihood']:.2f} nats)"
             )
         if result.get("extra_exemplars"):
