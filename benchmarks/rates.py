@@ -12,16 +12,23 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
 
+from exemplar_vae.config import PriorConfig
 from exemplar_vae.models.layers import GatedDense
 from exemplar_vae.models.vae import VAE
 
-if TYPE_CHECKING:
-    from train_rows import TrainRow
+
+class TrainRow(Protocol):
+    """What the FLOP model needs of a training row (``train_rows.TrainRow``): its prior and how many
+    exemplars a step re-encodes."""
+
+    prior: PriorConfig
+    union: int | None
+
 
 UNSTEADY = 1.25  # slowest-to-fastest spread of the run's matmul-rate samples above which a run is flagged
 
