@@ -39,6 +39,7 @@ from exemplar_vae.models.build import build_vae
 from exemplar_vae.models.observation import observation_for
 from exemplar_vae.models.vae import VAE
 from exemplar_vae.runs import resolve_device
+from exemplar_vae.training.checkpoint import check_tensors
 
 __all__ = ["from_pretrained", "read_pretrained_config"]
 
@@ -176,25 +177,7 @@ def _exemplar_store(tensors: dict[str, Tensor], width: int) -> ExemplarStore:
 
 def _check_weights(tensors: dict[str, Tensor], expected: dict[str, Any]) -> None:
     """Every tensor the model expects, with its shape and dtype, none other, all finite."""
-    name = PRETRAINED_WEIGHTS
-    for key in expected:
-        if key not in tensors:
-            raise CheckpointError(f"{name}: tensor {key} is missing")
-    for key in sorted(tensors):
-        if key not in expected:
-            raise CheckpointError(
-                f"{name}: unexpected tensor {key} (the configuration builds no such tensor)"
-            )
-    for key, want in expected.items():
-        got = tensors[key]
-        if got.shape != want.shape:
-            raise CheckpointError(
-                f"{name}: tensor {key} has shape {_shape(got.shape)}, expected {_shape(want.shape)}"
-            )
-        if got.dtype != want.dtype:
-            raise CheckpointError(f"{name}: tensor {key} has dtype {got.dtype}, expected {want.dtype}")
-        if got.is_floating_point() and not bool(torch.isfinite(got).all()):
-            raise CheckpointError(f"{name}: tensor {key} holds non-finite values (NaN or inf)")
+    check_tensors(PRETRAINED_WEIGHTS, tensors, expected, finite=True)
 
 
 def from_pretrained(directory: str | Path, device: str = "auto") -> VAE:

@@ -464,7 +464,17 @@ def check_weights(ckpt: Checkpoint, expected: Mapping[str, Any]) -> None:
     Raises:
         CheckpointError: naming the weights file and the tensor.
     """
-    where, tensors = ckpt.weights_path, ckpt.model
+    check_tensors(str(ckpt.weights_path), ckpt.model, expected)
+
+
+def check_tensors(
+    where: str, tensors: Mapping[str, Tensor], expected: Mapping[str, Any], finite: bool = False
+) -> None:
+    """Every expected tensor present with its shape and dtype, no other (and, with ``finite``, no NaN/inf).
+
+    Raises:
+        CheckpointError: naming ``where`` and the tensor.
+    """
     for key in expected:
         if key not in tensors:
             raise CheckpointError(f"{where}: tensor {key} is missing")
@@ -481,6 +491,8 @@ def check_weights(ckpt: Checkpoint, expected: Mapping[str, Any]) -> None:
             )
         if got.dtype != want.dtype:
             raise CheckpointError(f"{where}: tensor {key} has dtype {got.dtype}, expected {want.dtype}")
+        if finite and got.is_floating_point() and not bool(torch.isfinite(got).all()):
+            raise CheckpointError(f"{where}: tensor {key} holds non-finite values (NaN or inf)")
 
 
 def check_optimizer(ckpt: Checkpoint, optimizer: torch.optim.Optimizer) -> None:
