@@ -34,6 +34,7 @@ from exemplar_vae.data import load_dataset
 from exemplar_vae.evaluation import evaluate_density
 from exemplar_vae.io import atomic_write_json, atomic_write_text
 from exemplar_vae.pipeline import train
+from exemplar_vae.report import std_error_text
 from exemplar_vae.training import Callback, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,7 +114,7 @@ def table(doc: dict[str, Any]) -> str:
         lines.append(
             f"| {r['prior']} | {r['train_seconds']} | {r['epochs']} | {r['ms_per_step']:.2f} | {r['s_per_epoch']:.2f} "
             f"| {r['eval_seconds']} | {r['test_points']:,} x {r['samples']} "
-            f"| {r['log_likelihood']:.2f} ± {'n/a' if r['std_error'] is None else format(r['std_error'], '.2f')} | {lv} |"
+            f"| {r['log_likelihood']:.2f} ± {std_error_text(r['std_error'])} | {lv} |"
         )
     if doc["errors"]:
         lines += ["", "Errors:", "", "```", *doc["errors"], "```"]

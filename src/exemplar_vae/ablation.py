@@ -23,6 +23,7 @@ from exemplar_vae.config import EvalConfig, RunConfig, TrainConfig
 from exemplar_vae.data import DataSplits
 from exemplar_vae.errors import ConfigError
 from exemplar_vae.io import EVALUATION, atomic_write_text, read_metrics
+from exemplar_vae.report import std_error_text
 from exemplar_vae.rundir import start_over
 from exemplar_vae.runs import load_run_config, prepare, resolve_device
 from exemplar_vae.training.checkpoint import has_checkpoint
@@ -363,7 +364,7 @@ def ablation_table(rows: Sequence[dict[str, Any]], budget: str, notes: Sequence[
         lines.append(
             f"| {factor} | {r['setting']} | {r['exemplars']} | {r['knn'] or 'exact'} "
             f"| {'on' if r['leave_one_out'] else 'off'} "
-            f"| {r['log_likelihood']:.2f} ± {'n/a' if r['log_likelihood_std_error'] is None else format(r['log_likelihood_std_error'], '.2f')} | {r['elbo']:.2f} "
+            f"| {r['log_likelihood']:.2f} ± {std_error_text(r['log_likelihood_std_error'])} | {r['elbo']:.2f} "
             f"| {r['best_val_loss']:.2f} | {r['epochs']} | {r['seconds_per_epoch']:.1f} |"
         )
     if notes:

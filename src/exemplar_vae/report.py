@@ -14,8 +14,8 @@ from exemplar_vae.runs import load_run, load_run_config
 from exemplar_vae.viz import plot_training_curves, save_image_grid
 
 
-def _se(value: float | None) -> str:
-    """A standard error for a table: "n/a" where it is undefined (one example)."""
+def std_error_text(value: float | None) -> str:
+    """A standard error for printing: "n/a" where it is undefined (one example)."""
     return "n/a" if value is None else f"{value:.2f}"
 
 
@@ -64,7 +64,7 @@ def write_report(run_dir: str | Path, device: str = "auto", seed: int = 0) -> Pa
             f"{ev['split']} split, {ev['examples']} examples, S={ev['samples']} importance samples, "
             f"{ev['exemplars']} exemplars:",
             "",
-            f"- log-likelihood: **{ev['log_likelihood']:.2f} ± {_se(ev['log_likelihood_std_error'])} nats** "
+            f"- log-likelihood: **{ev['log_likelihood']:.2f} ± {std_error_text(ev['log_likelihood_std_error'])} nats** "
             f"({ev['bits_per_dim']:.4f} bits/dim)",
             f"- ELBO: {ev['elbo']:.2f} nats",
         ]
@@ -126,7 +126,7 @@ def results_table(run_dirs: list[str | Path]) -> str:
         rows.append(
             f"| {p.name} | {ev['dataset']} | {train_n} | {epochs} ({config.train.warmup}) | {mk} "
             f"| {ev['split']}, {ev['examples']}, {ev['samples']} "
-            f"| {ev['log_likelihood']:.2f} ± {_se(ev['log_likelihood_std_error'])} | {ev['elbo']:.2f} "
+            f"| {ev['log_likelihood']:.2f} ± {std_error_text(ev['log_likelihood_std_error'])} | {ev['elbo']:.2f} "
             f"| {per_epoch:.1f} |"
         )
     return "\n".join([header, *rows]) + "\n"

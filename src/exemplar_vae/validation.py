@@ -12,6 +12,7 @@ import dataclasses
 import math
 
 from exemplar_vae.config import EvalConfig, PriorConfig, RunConfig
+from exemplar_vae.data.formats import available_memory
 from exemplar_vae.errors import ConfigError
 from exemplar_vae.models.build import ARCHITECTURES
 from exemplar_vae.priors import PRIORS
@@ -41,17 +42,6 @@ def parameter_bytes(config: RunConfig, data_dim: int) -> int:
     factor = {"mlp": 1, "hvae": 3, "convhvae": 3}.get(m.arch, 3)
     pseudo = config.prior.components * data_dim if config.prior.name == "vampprior" else 0
     return 4 * 4 * (factor * mlp + pseudo)
-
-
-def available_bytes() -> int | None:
-    """Memory available to this process (MemAvailable of /proc/meminfo), None where unknown."""
-    try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
 
 
 def validate(config: RunConfig, num_train: int | None = None, data_dim: int | None = None) -> RunConfig:
@@ -116,7 +106,7 @@ def validate(config: RunConfig, num_train: int | None = None, data_dim: int | No
     if p.exemplars is not None and p.exemplars < 1:
         raise ConfigError(f"--exemplars (M) must be at least 1, got {p.exemplars}")
     if data_dim is not None:
-        need, have = parameter_bytes(config, data_dim), available_bytes()
+        need, have = parameter_bytes(config, data_dim), available_memory()
         if have is not None and need > have:
             raise ConfigError(
                 f"the networks would need about {need / 2**30:.1f} GiB (--hidden {m.hidden}, --latent-dim "

@@ -317,11 +317,6 @@ def _subcommand_modules() -> list[Any]:
     return list(SUBCOMMAND_MODULES)
 
 
-def std_error_text(value: float | None) -> str:
-    """A standard error for printing: "n/a" where it is undefined (one example)."""
-    return "n/a" if value is None else f"{value:.2f}"
-
-
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """Defaults (or --config / the saved config on --resume), overridden by the flags that were given."""
     if args.resume:
@@ -401,7 +396,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(
             f"{result['prior']} prior on {result['dataset']} ({result['split']}, {result['examples']} examples, "
             f"S={result['samples']}): log-likelihood {result['log_likelihood']:.2f} "
-            f"± {std_error_text(result['log_likelihood_std_error'])} nats, ELBO {result['elbo']:.2f} nats, "
+            f"± {report.std_error_text(result['log_likelihood_std_error'])} nats, ELBO {result['elbo']:.2f} nats, "
             f"{result['bits_per_dim']:.4f} bits/dim ({result['seconds']:.1f}s)"
         )
         cert = result.get("certified")
