@@ -47,5 +47,6 @@ for prior in gaussian vampprior exemplar; do
 done
 
 # 4. augmentation: the paper's classifier, with and without the exemplar model's augmentations
-[ -f "$OUT/claims_classify.md" ] || "$CLI" -q classify --dataset fashion-mnist --augment "$RUNS/exemplar" \
-  --hidden 1024 --seeds "$SEEDS" --epochs "$CLASSIFY_EPOCHS" --out "$OUT/claims_classify.md" --no-progress
+#    (each finished classifier is kept in $RUNS/classify: running the script again resumes the comparison)
+"$CLI" -q classify --dataset fashion-mnist --augment "$RUNS/exemplar" --hidden 1024 --seeds "$SEEDS" \
+  --epochs "$CLASSIFY_EPOCHS" --work "$RUNS/classify" --out "$OUT/claims_classify.md" --no-progress

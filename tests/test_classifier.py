@@ -175,3 +175,36 @@ def test_cli_classify_bad_paths(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert main([*base, "--out", str(tmp_path / "t.json")]) == 2
     assert "t.json" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_work_folder_resumes_and_reuses_finished_classifiers(
+    run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from exemplar_vae.downstream import classifier
+
+    work = tmp_path / "work"
+    kw = dict(hidden=16, epochs=1, seeds=2, device="cpu", progress=False, work_dir=work)
+    first = classifier.compare_augmentation("digits", run_dir, **kw)  # type: ignore[arg-type]
+    files = sorted(p.name for p in work.iterdir())
+    assert len(files) == 4 and sum(f.startswith("real-seed") for f in files) == 2
+
+    calls: list[int] = []
+    real = classifier.train_classifier
+
+    def counting(*args: object, **kwargs: object) -> dict:
+        calls.append(int(kwargs["seed"]))  # type: ignore[call-overload]
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(classifier, "train_classifier", counting)
+    again = classifier.compare_augmentation("digits", run_dir, **kw)  # type: ignore[arg-type]
+    assert calls == [] and again["rows"] == first["rows"]
+
+    (work / files[0]).unlink()  # an interrupted comparison: only that classifier is trained again
+    (work / "real-seed2.json").write_text("{not json")
+    again = classifier.compare_augmentation("digits", run_dir, **kw)  # type: ignore[arg-type]
+    assert sorted(calls) == sorted([int(files[0].split("seed")[1][:-5]), 2])
+    assert [r["errors"] for r in again["rows"]] == [r["errors"] for r in first["rows"]]
+
+    calls.clear()  # other settings are never mixed with the stored ones
+    classifier.compare_augmentation("digits", run_dir, **{**kw, "epochs": 2})  # type: ignore[arg-type]
+    assert sorted(calls) == [1, 1, 2, 2]

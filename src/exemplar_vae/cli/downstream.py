@@ -67,6 +67,10 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--out", type=Path, default=None, help="also write the table here, and its JSON beside it")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.add_argument(
+        "--work", type=Path, default=None, metavar="DIR",
+        help="keep each finished classifier's result here; run again with the same settings to resume",
+    )  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -89,7 +93,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     result = compare_augmentation(
         args.dataset, args.augment, args.hidden, args.epochs, range(1, args.seeds + 1), args.real_weight,
         args.lr, args.batch_size, args.temperature, args.pixels, args.data_dir, args.device,
-        progress=not args.no_progress,
+        progress=not args.no_progress, work_dir=args.work,
     )  # fmt: skip
     table = classification_table(result)
     if args.out is not None:

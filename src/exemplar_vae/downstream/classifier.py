@@ -18,6 +18,8 @@ data kept them (``DataSplits.test_grey``), else ``test_x``; the result says whic
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import statistics
@@ -35,6 +37,7 @@ from exemplar_vae.data import DATASETS, DataSplits, as_tensor, canonical_name, l
 from exemplar_vae.downstream.augment import ExemplarAugmenter, check_output
 from exemplar_vae.errors import ConfigError, DataError
 from exemplar_vae.generation import check_temperature
+from exemplar_vae.io import atomic_write_text
 from exemplar_vae.runs import load_run, load_run_config, resolve_device
 
 logger = logging.getLogger(__name__)
@@ -221,6 +224,56 @@ def _summarise(method: str, augmented: bool, runs: list[dict[str, Any]]) -> dict
     }
 
 
+def model_digest(model: nn.Module) -> str:
+    """A short sha256 of a model's parameters and buffers (names, shapes, dtypes and values)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}:{tuple(tensor.shape)}:{t.dtype};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+class _ResultStore:
+    """Finished classifier results in a folder, one JSON file per (row key, seed), reused when the settings
+    written beside them match."""
+
+    def __init__(
+        self, folder: str | Path, data: DataSplits, hidden: int, epochs: int, lr: float, batch_size: int
+    ) -> None:
+        self.folder = Path(folder)
+        if self.folder.exists() and not self.folder.is_dir():
+            raise ConfigError(f"--work '{folder}' exists and is not a folder")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.settings = {
+            "dataset": data.name, "train_examples": data.num_train, "hidden": int(hidden),
+            "epochs": int(epochs), "lr": float(lr), "batch_size": int(batch_size),
+        }  # fmt: skip
+
+    def _path(self, key: str, seed: int) -> Path:
+        return self.folder / f"{key}-seed{seed}.json"
+
+    def get(self, key: str, seed: int) -> dict[str, Any] | None:
+        path = self._path(key, seed)
+        if not path.is_file():
+            return None
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError):
+            logger.warning("ignoring unreadable %s: training that classifier again", path)
+            return None
+        if not isinstance(saved, dict) or saved.get("settings") != self.settings:
+            logger.warning("%s was written with other settings: training that classifier again", path)
+            return None
+        logger.info("reusing %s", path)
+        result: dict[str, Any] = saved["result"]
+        return result
+
+    def put(self, key: str, seed: int, result: dict[str, Any]) -> None:
+        payload = {"settings": self.settings, "result": result}
+        atomic_write_text(self._path(key, seed), json.dumps(payload, indent=2) + "\n")
+
+
 def compare_augmentation(
     dataset: str,
     run_dir: str | Path | None = None,
@@ -235,6 +288,7 @@ def compare_augmentation(
     data_dir: str | Path | None = None,
     device: str = "auto",
     progress: bool = True,
+    work_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Test error of the MLP classifier over several seeds, without and (given a run) with augmentation.
 
@@ -253,6 +307,9 @@ def compare_augmentation(
         data_dir: folder with the dataset's files.
         device: where classifiers and the augmenting model run.
         progress: show progress bars.
+        work_dir: a folder keeping each finished classifier's result (one JSON file per row and seed, with
+            the settings and the augmenting model's digest); a later call with the same settings reuses
+            them, so a long comparison interrupted between classifiers resumes where it stopped.
 
     Returns:
         The settings (dataset, hidden, epochs, seeds, lr, batch_size, real_weight, temperature, output,
@@ -286,9 +343,7 @@ def compare_augmentation(
     if test_kind != "grey":
         logger.warning("%s keeps no grey test images: scoring the classifier on test_x", data.name)
     common = dict(hidden=hidden, epochs=epochs, lr=lr, batch_size=batch_size, device=dev, progress=progress)
-    baseline = [train_classifier(data, seed=s, **common) for s in seed_list]  # type: ignore[arg-type]
-    rows = [_summarise("MLP, label smoothing", False, baseline)]
-    prior = None
+    model, prior = None, None
     if run_dir is not None:
         assert run_config is not None
         same_train = run_config.data.train_size is None  # else the run's exemplar set is a prefix
@@ -299,15 +354,31 @@ def compare_augmentation(
                 f"D={data.data_dim}"
             )
         prior = run_config.prior.name
-        runs = []
-        for s in seed_list:
+    store = _ResultStore(work_dir, data, hidden, epochs, lr, batch_size) if work_dir is not None else None
+    baseline: list[dict[str, Any]] = []
+    augmented: list[dict[str, Any]] = []
+    for s in seed_list:  # seed by seed, so that an interrupted comparison leaves paired rows
+        result = store.get("real", s) if store is not None else None
+        if result is None:
+            result = train_classifier(data, seed=s, **common)  # type: ignore[arg-type]
+            if store is not None:
+                store.put("real", s, result)
+        baseline.append(result)
+        if model is None:
+            continue
+        key = f"augmented-{model_digest(model)}-t{temperature:g}-{output}-w{real_weight:g}"
+        result = store.get(key, s) if store is not None else None
+        if result is None:
             generator = torch.Generator(device=model.device).manual_seed(s)
             augmenter = ExemplarAugmenter(model, 1, temperature, output, generator)
-            runs.append(
-                train_classifier(data, seed=s, augmenter=augmenter, real_weight=real_weight, **common)  # type: ignore[arg-type]
-            )
+            result = train_classifier(data, seed=s, augmenter=augmenter, real_weight=real_weight, **common)  # type: ignore[arg-type]
+            if store is not None:
+                store.put(key, s, result)
+        augmented.append(result)
+    rows = [_summarise("MLP, label smoothing", False, baseline)]
+    if model is not None:
         rows.append(
-            _summarise(f"MLP, label smoothing + Exemplar VAE augmentation ({prior} prior)", True, runs)
+            _summarise(f"MLP, label smoothing + Exemplar VAE augmentation ({prior} prior)", True, augmented)
         )
     return {
         "dataset": data.name,
