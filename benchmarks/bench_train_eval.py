@@ -79,6 +79,7 @@ TRAINED_RUN = Path(__file__).resolve().parents[1] / "runs" / "fashion" / "exempl
 QUICK = dict(
     steps=2, exact_steps=1, rounds=2, warmup=1, repeats=1, components=10, candidates=100, samples=50, eval_points=4,
     eval_batch=2, check_points=2, official_points=1, certify_points=2, square=256, chunk_rows=2000,
+    no_compile=True,
 )  # fmt: skip
 
 # sizes that must be at least 1
@@ -128,6 +129,14 @@ def argument_parser() -> argparse.ArgumentParser:
         help=f"trained exemplar run for the evaluation (default {TRAINED_RUN} if it exists; 'none': untrained)",
     )  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seeds initialisation, batches and samples (0)")
+    p.add_argument(
+        "--grad-tolerance", type=float, default=1e-3,
+        help="the exact prior row with a gradient tolerance (PriorConfig.grad_tolerance; default 1e-3)",
+    )  # fmt: skip
+    p.add_argument(
+        "--no-compile", action="store_true",
+        help="skip the compiled rows (training steps and evaluation through torch.compile)",
+    )  # fmt: skip
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run (overrides the sizes)")
     p.add_argument("--no-memory", action="store_true", help="skip the child processes measuring RSS")
     p.add_argument("--memory-job", choices=("eval", "train"), help=argparse.SUPPRESS)
@@ -156,18 +165,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def training_priors(args: argparse.Namespace, data: DataSplits) -> list[tuple[PriorConfig, int]]:
-    """The training rows' priors and their timed steps: Gaussian, MoG, VampPrior, the exemplar prior with
-    the exact and the IVF kNN search, and the exact exemplar prior (k = 0, fewer steps: it is slow)."""
+def training_priors(args: argparse.Namespace, data: DataSplits) -> list[tuple[PriorConfig, int, str]]:
+    """The training rows' priors, their timed steps and ``TrainConfig.compile``: Gaussian, MoG,
+    VampPrior, the exemplar prior with the exact and the IVF kNN search, and the exact exemplar prior
+    (k = 0, fewer steps: it is slow), all eager; the exact prior with ``--grad-tolerance``; then (unless
+    ``--no-compile``) the Gaussian, both kNN rows and the exact prior with the tolerance compiled."""
     m = exemplar_count(args, data)
-    return [
-        (PriorConfig("gaussian"), args.steps),
-        (PriorConfig("mog", components=args.components), args.steps),
-        (PriorConfig("vampprior", components=args.components), args.steps),
-        (PriorConfig("exemplar", exemplars=m, knn=args.knn), args.steps),
-        (PriorConfig("exemplar", exemplars=m, knn=args.knn, search="ivf", nprobe=args.nprobe), args.steps),
-        (PriorConfig("exemplar", exemplars=m, knn=0), args.exact_steps),
+    knn = PriorConfig("exemplar", exemplars=m, knn=args.knn)
+    ivf = PriorConfig("exemplar", exemplars=m, knn=args.knn, search="ivf", nprobe=args.nprobe)
+    sparse = PriorConfig("exemplar", exemplars=m, knn=0, grad_tolerance=args.grad_tolerance)
+    rows = [
+        (PriorConfig("gaussian"), args.steps, "off"),
+        (PriorConfig("mog", components=args.components), args.steps, "off"),
+        (PriorConfig("vampprior", components=args.components), args.steps, "off"),
+        (knn, args.steps, "off"),
+        (ivf, args.steps, "off"),
+        (PriorConfig("exemplar", exemplars=m, knn=0), args.exact_steps, "off"),
+        (sparse, args.exact_steps, "off"),
     ]
+    if not args.no_compile:
+        rows += [
+            (PriorConfig("gaussian"), args.steps, "on"),
+            (knn, args.steps, "on"),
+            (ivf, args.steps, "on"),
+            (sparse, args.exact_steps, "on"),
+        ]
+    return rows
 
 
 def memory_section(raw: list[str], args: argparse.Namespace, data: DataSplits) -> list[str]:

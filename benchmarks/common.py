@@ -31,21 +31,28 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def run_config(prior: PriorConfig, args: argparse.Namespace, num_train: int) -> RunConfig:
-    """The paper's MLP VAE and optimiser with ``prior``, validated against the data (resolves M)."""
+def run_config(
+    prior: PriorConfig, args: argparse.Namespace, num_train: int, compile: str = "off"
+) -> RunConfig:
+    """The paper's MLP VAE and optimiser with ``prior``, validated against the data (resolves M);
+    ``compile`` is ``TrainConfig.compile`` of the training step."""
     config = RunConfig(
         data=DataConfig(args.dataset, args.data_dir),
         model=ModelConfig(),
         prior=prior,
-        train=TrainConfig(batch_size=args.batch_size, seed=args.seed, device=str(args.device)),
+        train=TrainConfig(
+            batch_size=args.batch_size, seed=args.seed, device=str(args.device), compile=compile
+        ),
     )
     return validate(config, num_train)
 
 
-def fresh_model(prior: PriorConfig, args: argparse.Namespace, data: DataSplits) -> tuple[VAE, RunConfig]:
+def fresh_model(
+    prior: PriorConfig, args: argparse.Namespace, data: DataSplits, compile: str = "off"
+) -> tuple[VAE, RunConfig]:
     """A newly initialised model (seeded by ``args.seed``) with ``prior``, and its validated config."""
     torch.manual_seed(args.seed)
-    config = run_config(prior, args, data.num_train)
+    config = run_config(prior, args, data.num_train, compile)
     return build_model(config, data, args.device), config
 
 
@@ -63,7 +70,10 @@ def exemplar_count(args: argparse.Namespace, data: DataSplits) -> int:
 def prior_label(p: PriorConfig) -> tuple[str, str, str]:
     """(prior, k, M) columns of the tables."""
     if p.name == "exemplar":
-        return p.name, str(p.knn) if p.knn else "exact", f"{p.exemplars:,}"
+        k = str(p.knn) if p.knn else "exact"
+        if p.grad_tolerance is not None:
+            k += f", gradient tolerance {p.grad_tolerance:g}"
+        return p.name, k, f"{p.exemplars:,}"
     if p.name in ("mog", "vampprior"):
         return p.name, "-", f"K={p.components}"
     return p.name, "-", "-"

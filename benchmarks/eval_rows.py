@@ -91,6 +91,10 @@ class EvalResults:
     certify_s: float
     certified: dict
     local_gflops: float  # the faster of the rates measured just before and just after the default path
+    compiled_s: float | None = None  # the default path compiled, same points, compile time excluded
+    compiled_ll: float | None = None
+    compile_s: float | None = None  # its compile time
+    compiled_local_gflops: float | None = None
 
 
 def bench_evaluation(
@@ -105,9 +109,20 @@ def bench_evaluation(
     evaluate_density(model, x[:2], eval_config(args, min(samples, 100), 2), progress=False)  # warm-up
     rates.resample()
     default = evaluate_density(
-        model, x[: args.eval_points], eval_config(args, samples, args.eval_batch), progress=False
+        model,
+        x[: args.eval_points],
+        eval_config(args, samples, args.eval_batch, compile="off"),
+        progress=False,
     )
     local = rates.resample_around()
+    compiled = None
+    if not args.no_compile:
+        logger.info("evaluation: default path compiled, %d points at S=%d", args.eval_points, samples)
+        compiled = evaluate_density(
+            model, x[: args.eval_points], eval_config(args, samples, args.eval_batch, compile="on"),
+            progress=False,
+        )  # fmt: skip
+        compiled_local = rates.resample_around()
     logger.info("evaluation: matmul brute force on %d points", args.check_points)
     cp = args.check_points
     check = evaluate_density(model, x[:cp], eval_config(args, samples, cp, check_exact=cp), progress=False)
@@ -124,9 +139,15 @@ def bench_evaluation(
         model, x[: args.certify_points], eval_config(args, samples, batch, certify=True), progress=False
     )
     tc = check["truncation_check"]
-    return EvalResults(
+    results = EvalResults(
         label, refresh, default["examples"], default["seconds"], default["log_likelihood"],
         cp, check["seconds"], tc["exact_seconds"], tc["mean_error"], tc["max_error"],
         args.official_points, official_s, official,
         args.certify_points, cert["seconds"], cert["certified"], local,
     )  # fmt: skip
+    if compiled is not None and compiled["compile"]["used"]:
+        results.compile_s = compiled["compile"]["compile_seconds"]
+        results.compiled_s = compiled["seconds"] - results.compile_s
+        results.compiled_ll = compiled["log_likelihood"]
+        results.compiled_local_gflops = compiled_local
+    return results

@@ -188,15 +188,28 @@ def step_products(row: TrainRow, rates: Rates, batch: int) -> list[Shape]:
         shapes += pass_products(rates.encoder_layers, row.prior.components, True)
     if row.prior.name == "exemplar" and row.union is not None:
         shapes += pass_products(rates.encoder_mean_layers, row.union, False)
+    if _encodes_subset_without_grad(row):  # all M through the mean path, forward only
+        shapes += [(row.prior.exemplars or 0, k, n) for k, n in rates.encoder_mean_layers]
     return shapes
+
+
+def _encodes_subset_without_grad(row: TrainRow) -> bool:
+    """The exact exemplar prior with a gradient tolerance: all M exemplars are encoded without gradient,
+    only the ``union`` of mass-carrying ones with it."""
+    p = row.prior
+    return p.name == "exemplar" and p.knn == 0 and p.grad_tolerance is not None
 
 
 def step_floor_flops(row: TrainRow, rates: Rates, batch: int) -> float:
     """Forward + backward (3x forward) FLOPs of one step: the batch through encoder and decoder, plus the
-    encoder passes the prior adds."""
+    encoder passes the prior adds (the exact prior with a gradient tolerance: the forward of all M and
+    the forward + backward of the mass-carrying union)."""
     flops = batch * (rates.encoder_flops + rates.decoder_flops)
     if row.prior.name == "vampprior":
         flops += row.prior.components * rates.encoder_flops
     if row.prior.name == "exemplar" and row.union is not None:
         flops += row.union * rates.encoder_mean_flops
-    return 3.0 * flops
+    no_grad = (
+        (row.prior.exemplars or 0) * rates.encoder_mean_flops if _encodes_subset_without_grad(row) else 0
+    )
+    return 3.0 * flops + no_grad

@@ -95,6 +95,8 @@ def training_report(
     out = training_table(rows, rates, args, data)
     if official:
         out += official_comparison(official[0], knn_rows, args)
+    out += compiled_lines(rows)
+    out += exact_lines(rows)
     for r in knn_rows:
         if r.search_s is not None and r.recall is not None:
             out += ivf_search_lines(r, data)
@@ -146,6 +148,8 @@ def row_name(r: TrainRow) -> tuple[str, str, str]:
         name += f", {r.prior.search} search" + (
             f" (nprobe {r.prior.nprobe})" if r.prior.search == "ivf" else ""
         )
+    if r.compiled:
+        name += ", **compiled**"
     return name, k, m
 
 
@@ -186,11 +190,62 @@ def official_comparison(o: TrainRow, knn_rows: list[TrainRow], args: argparse.Na
         "gradient normalisation and Adam), its step divided by ours, the median over rounds of the "
         "rounds' median steps (above 1: ours is faster): "
         + "; ".join(
-            f"{r.prior.search} search **{paired_ratio(o, r):.2f}** (overall medians {1e3 * o.median:.1f} / "
-            f"{1e3 * r.median:.1f} ms)"
+            f"{r.prior.search} search{', compiled' if r.compiled else ''} **{paired_ratio(o, r):.2f}** "
+            f"(overall medians {1e3 * o.median:.1f} / {1e3 * r.median:.1f} ms)"
             for r in knn_rows
         ),
     ]
+
+
+def _same_row(a: TrainRow, b: TrainRow) -> bool:
+    return a.label is None and b.label is None and a.prior == b.prior
+
+
+def compiled_lines(rows: list[TrainRow]) -> list[str]:
+    """Each compiled row against the same row run eagerly (paired round by round), its compile time and
+    the steps it takes to win that time back."""
+    out = []
+    for c in (r for r in rows if r.compiled):
+        eager = next((r for r in rows if not r.compiled and _same_row(r, c)), None)
+        if eager is None:
+            continue
+        ratio = paired_ratio(eager, c)
+        saved = eager.median - c.median
+        payback = f"{(c.compile_s or 0.0) / saved:,.0f} steps" if saved > 0 else "never (not faster)"
+        name, k, _ = row_name(c)
+        out.append(
+            f"- {name.replace(', **compiled**', '')} (k {k}): compiled step **{ratio:.2f}x** faster than "
+            f"eager (medians {1e3 * eager.median:.1f} / {1e3 * c.median:.1f} ms), compile time "
+            f"{c.compile_s or 0.0:.1f} s, won back after {payback}"
+        )
+    return ["", "Compiled (`--compile on`) against eager, paired round by round:", "", *out] if out else []
+
+
+def exact_lines(rows: list[TrainRow]) -> list[str]:
+    """The exact prior with a gradient tolerance against the plain exact prior (which encodes all M
+    exemplars with gradient, as the official code does)."""
+    dense = next(
+        (r for r in rows if r.label is None and r.prior.name == "exemplar" and r.prior.knn == 0
+         and r.prior.grad_tolerance is None and not r.compiled),
+        None,
+    )  # fmt: skip
+    if dense is None:
+        return []
+    out = []
+    for r in rows:
+        if r.label is None and r.prior.knn == 0 and r.prior.grad_tolerance is not None:
+            out.append(
+                f"- exact prior, gradient tolerance {r.prior.grad_tolerance:g}"
+                f"{', compiled' if r.compiled else ''}: **{paired_ratio(dense, r):.2f}x** faster than the "
+                f"exact prior encoding all M with gradient (medians {1e3 * dense.median:.0f} / "
+                f"{1e3 * r.median:.0f} ms; {r.union or 0:,} exemplars re-encoded with gradient in the "
+                "step counted)"
+            )
+    return (
+        ["", "Exact prior (k = 0), all M exemplars with gradient vs only the mass-carrying ones:", "", *out]
+        if out
+        else []
+    )
 
 
 def ivf_search_lines(r: TrainRow, data: DataSplits) -> list[str]:
@@ -259,6 +314,7 @@ def evaluation_report(e: EvalResults, rates: Rates, args: argparse.Namespace, da
         f"kept kernel term) | - | {elem / n_test:.4f} | {elem:.0f} | {elem / floor:.2f} | - |",
         f"| **default (truncated, K = {args.candidates})** | {e.points} | {per_point:.4f} | {full:.0f} "
         f"| **{full / floor:.2f}** | - |",
+        *compiled_eval_row(e, floor, n_test),
         f"| brute force at matmul speed (full prior, float32 blocks) | {e.check_points} | {bf:.4f} "
         f"| {n_test * bf:.0f} | {n_test * bf / floor:.2f} | **{bf / per_point:.1f}x** |",
         f"| official-code style (per point, encoder on S copies, float64 full prior) | {e.official_points} "
@@ -276,6 +332,7 @@ def evaluation_report(e: EvalResults, rates: Rates, args: argparse.Namespace, da
         f"- at the rate measured just before and after the default path ({e.local_gflops:.1f} GFLOP/s, the "
         f"faster of the two; the machine as it ran then) the default is **{full / floor * e.local_gflops / rates.decoder_gflops:.2f}x** "
         "its decoder floor",
+        *compiled_eval_lines(e, rates, floor, n_test),
         f"- official-style log-likelihood of the first {e.official_points} point(s) (its own samples): "
         + ", ".join(f"{v:.2f}" for v in e.official_ll)
         + " nats",
@@ -284,6 +341,39 @@ def evaluation_report(e: EvalResults, rates: Rates, args: argparse.Namespace, da
         f"{c['exemplars_evaluated_per_point']:.0f} exemplars evaluated exactly per point beyond the "
         f"{args.candidates} candidates, {c['nodes_per_point']:.0f} tree nodes bounded per point; "
         f"{c['bound_seconds']:.2f} s of the {e.certify_s:.2f} s spent bounding (tree build included)",
+    ]
+
+
+def compiled_eval_row(e: EvalResults, floor: float, n_test: int) -> list[str]:
+    """The default path compiled (``EvalConfig(compile="on")``), compile time excluded (it is a fixed
+    cost, given below): a table row, or nothing when it was not measured."""
+    if e.compiled_s is None:
+        return []
+    per_point = e.compiled_s / e.points
+    full = e.refresh_s + n_test * per_point + (e.compile_s or 0.0)
+    return [
+        f"| **default, compiled** (`--compile on`; est. protocol time includes the compile time) "
+        f"| {e.points} | {per_point:.4f} | {full:.0f} | **{(full - (e.compile_s or 0.0)) / floor:.2f}** "
+        f"(without compile time) | - |"
+    ]
+
+
+def compiled_eval_lines(e: EvalResults, rates: Rates, floor: float, n_test: int) -> list[str]:
+    """Compiled against eager on the same points and samples: speed-up, compile time, break-even, the
+    difference of the estimates, and the compiled path against its floor at the rate measured around it."""
+    if e.compiled_s is None or e.compiled_ll is None or e.compile_s is None:
+        return []
+    saved = (e.default_s - e.compiled_s) / e.points  # seconds per point
+    even = f"{e.compile_s / saved:,.0f} test points" if saved > 0 else "never (not faster)"
+    local = e.compiled_local_gflops or e.local_gflops
+    local_floor = floor * rates.decoder_gflops / local  # the floor at the rate the machine had then
+    return [
+        f"- compiled against eager on the same {e.points} points and samples: "
+        f"**{e.default_s / e.compiled_s:.2f}x** faster (compile time excluded); compile time "
+        f"{e.compile_s:.1f} s, won back after {even}; log-likelihood {e.compiled_ll:.4f} vs "
+        f"{e.default_ll:.4f} nats (difference {e.compiled_ll - e.default_ll:+.1e}); at the rate measured "
+        f"around it ({local:.1f} GFLOP/s) the compiled default is "
+        f"**{e.compiled_s / e.points * n_test / local_floor:.2f}x** its decoder floor"
     ]
 
 

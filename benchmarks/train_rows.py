@@ -45,6 +45,8 @@ class TrainRow:
     index_s: float | None = None  # building the IVF index after a refresh (ivf rows)
     validate_s: float | None = None  # validate() with the cache fresh
     label: str | None = None  # a row that is not one of our priors (the official-style step)
+    compiled: bool = False  # the step ran through torch.compile (``TrainConfig.compile``)
+    compile_s: float | None = None  # compile time of a compiled row (inside its warm-up steps)
     step_round: list[int] = field(default_factory=list)  # [steps] the round each timed step ran in
     products_s: dict[int, float] = field(default_factory=dict)  # round -> the step's products alone (s)
 
@@ -64,14 +66,17 @@ class Stepper:
 
 
 # -- our priors, through the package's Trainer -----------------------------------------------------------
-def prepare_training(prior: PriorConfig, args: argparse.Namespace, data: DataSplits, extras: bool) -> Stepper:
-    """A row of ``Trainer.step`` iterations, warmed up by ``args.warmup`` steps.
+def prepare_training(
+    prior: PriorConfig, args: argparse.Namespace, data: DataSplits, extras: bool, compile: str = "off"
+) -> Stepper:
+    """A row of ``Trainer.step`` iterations, warmed up by ``args.warmup`` steps (a compiled row,
+    ``compile="on"``, compiles in its first warm-up step; its compile time is recorded).
 
     Exemplar rows also time the cache refresh and count the exemplars retrieved for one batch; with
     ``extras`` (the kNN rows) ``finish`` times the kNN search of one batch, the IVF index build and recall,
     and (exact search) ``Trainer.validate()``.
     """
-    model, config = fresh_model(prior, args, data)
+    model, config = fresh_model(prior, args, data, compile)
     if prior.name == "exemplar" and prior.knn > 0 and args.run is not None:
         # the number of exemplars retrieved (and re-encoded) per step depends on the weights: ~130 for an
         # untrained encoder, ~1000 for a trained one; time the step with the trained run's weights
@@ -95,6 +100,11 @@ def prepare_training(prior: PriorConfig, args: argparse.Namespace, data: DataSpl
 
     run = step_timer(trainer)
     run(args.warmup)
+    if exemplar is not None and exemplar.grad_stats is not None:  # the mass-carrying exemplars of a step
+        row.union = exemplar.grad_stats[1]
+    compiled = trainer.compile_report()
+    if compiled is not None:
+        row.compiled, row.compile_s = compiled["used"], compiled["compile_seconds"]
     return Stepper(row, run, finish)
 
 
@@ -274,7 +284,7 @@ def prepare_official(args: argparse.Namespace, data: DataSplits) -> Stepper:
 
 # -- the interleaved rounds ----------------------------------------------------------------------------
 def bench_training(
-    priors: list[tuple[PriorConfig, int]], args: argparse.Namespace, data: DataSplits, rates: Rates
+    priors: list[tuple[PriorConfig, int, str]], args: argparse.Namespace, data: DataSplits, rates: Rates
 ) -> list[TrainRow]:
     """Every training row, interleaved: after warm-up, ``args.rounds`` rounds in which each row takes its
     share of timed steps (a row of n steps, n / rounds a round, the first rounds taking the remainder), with
@@ -283,12 +293,16 @@ def bench_training(
     taken minutes apart at most, and each is compared with rates measured around it: this machine's speed
     drifts within minutes. The last row is the official-code-style step."""
     steppers = []
-    for prior, _ in priors:
-        logger.info("training: preparing %s (%d warm-up steps)", " ".join(prior_label(prior)), args.warmup)
-        steppers.append(prepare_training(prior, args, data, prior.name == "exemplar" and prior.knn > 0))
+    for prior, _, compile in priors:
+        logger.info(
+            "training: preparing %s%s (%d warm-up steps)", " ".join(prior_label(prior)),
+            ", compiled" if compile == "on" else "", args.warmup,
+        )  # fmt: skip
+        extras = prior.name == "exemplar" and prior.knn > 0 and compile == "off"
+        steppers.append(prepare_training(prior, args, data, extras, compile))
     logger.info("training: preparing the official-code style step")
     steppers.append(prepare_official(args, data))
-    counts = [steps for _, steps in priors] + [args.steps]
+    counts = [steps for _, steps, _ in priors] + [args.steps]
     rates.round_rates = []
     rates.resample()  # the first round's start: after the preparation (loads, refreshes, warm-ups)
     for r in range(args.rounds):

@@ -98,10 +98,10 @@ def test_quick_helpers_on_digits(
     )
     assert rates.decoder_flops > 0 and rates.encoder_mean_flops < rates.encoder_flops
     priors = [
-        (PriorConfig("gaussian"), 3),
-        (PriorConfig("exemplar", exemplars=500, knn=5), 3),
-        (PriorConfig("exemplar", exemplars=500, knn=5, search="ivf", nprobe=4), 3),
-        (PriorConfig("exemplar", exemplars=500, knn=0), 1),  # fewer steps than rounds
+        (PriorConfig("gaussian"), 3, "off"),
+        (PriorConfig("exemplar", exemplars=500, knn=5), 3, "off"),
+        (PriorConfig("exemplar", exemplars=500, knn=5, search="ivf", nprobe=4), 3, "off"),
+        (PriorConfig("exemplar", exemplars=500, knn=0), 1, "off"),  # fewer steps than rounds
     ]
     rows = train_mod.bench_training(priors, args, digits, rates)  # 2 rounds, interleaved
     gauss, row, ivf, exact, official = rows

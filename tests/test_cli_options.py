@@ -33,6 +33,7 @@ SHARED_MEANINGS = {
     "--candidates": "exemplar prior: score each test point against its K nearest exemplars; 0 = all",
     "--check-exact": "re-score the first n test points with the full prior",
     "--checkpoint": "which weights of a run: best or last",
+    "--compile": "torch.compile of the hot tensor work: auto, on or off (eager fallback)",
     "--data-dir": "folder with the dataset's standard files",
     "--dataset": "the dataset (several: one row per value)",
     "--device": "auto, cpu, cuda, cuda:N",

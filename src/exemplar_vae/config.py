@@ -98,6 +98,11 @@ class PriorConfig:
         nprobe: inverted lists visited per query with ``search="ivf"``.
         subsample: VampPrior only: K', the pseudo-inputs drawn per training step (a fresh random subset
             of the K, weight 1/K' each; evaluation uses all K); None uses all K every step.
+        grad_tolerance: exact exemplar prior (knn 0) only: None (default) encodes all M exemplars with
+            gradient every step; tol in [0, 1) encodes them without gradient and re-encodes with gradient
+            only the exemplars carrying all but at most tol of each point's responsibility (the value and
+            the gradients for z and log sigma^2 stay exact; the encoder gradient through the dropped
+            exemplars is left out; logged as ``grad_neglected_mass`` and ``grad_exemplars``).
     """
 
     name: str = "exemplar"
@@ -108,6 +113,7 @@ class PriorConfig:
     search: str = "exact"
     nprobe: int = 16
     subsample: int | None = None
+    grad_tolerance: float | None = None
 
 
 @dataclass(frozen=True)
@@ -133,6 +139,9 @@ class TrainConfig:
             10 times its lowest 5-step mean, and 10 nats above it, on 5 steps in a row): "stop" (raise
             ``RunFailed``; the CLI exits 1) or "warn" (log a warning and go on). A loss that is not
             finite stops the run either way.
+        compile: "off", "on" (the step's loss, forward and backward, through ``torch.compile``:
+            ``objectives.elbo.CompiledElbo``) or "auto" (on when the run takes enough steps to win back the
+            compile time, ``training.loop.AUTO_COMPILE_STEPS``); without a C++ compiler it runs eagerly.
     """
 
     epochs: int = 2000
@@ -146,6 +155,7 @@ class TrainConfig:
     amp: str = "off"
     max_steps: int | None = None
     divergence: str = "stop"
+    compile: str = "off"
 
 
 @dataclass(frozen=True)
@@ -226,6 +236,8 @@ class EvalConfig:
             re-scored on the same samples).
         split: "test" or "val".
         limit: score only the first n points of the split (None: all).
+        compile: "auto" (compile the decoder's part of the weights with ``torch.compile`` when the
+            evaluation is large enough to win back the compile time), "on" or "off" (``compiling``).
     """
 
     samples: int = 5000
@@ -239,3 +251,4 @@ class EvalConfig:
     seed: int = 0
     split: str = "test"
     limit: int | None = None
+    compile: str = "auto"

@@ -210,6 +210,63 @@ def masked_log_mean_exp(log_terms: Tensor, mask: Tensor | None, count: Tensor | 
     return torch.logsumexp(log_terms, dim=-1) - torch.log(count.to(log_terms.dtype).clamp_min(1.0))
 
 
+def responsibilities(log_terms: Tensor, mask: Tensor | None) -> Tensor:
+    """Each row's posterior over its mixture components, r_bk = exp(l_bk) / sum_k' exp(l_bk'), with the
+    masked components at 0.
+
+    Args:
+        log_terms: [B, K] per-component log-densities (the mixture weights may be left out: they are
+            equal and cancel).
+        mask: [B, K] True where a component is excluded (leave-one-out), or None.
+
+    Returns:
+        [B, K] responsibilities in ``log_terms``' dtype, each row summing to 1; a row with no component
+        left is all 0.
+    """
+    if mask is not None:
+        log_terms = log_terms.masked_fill(mask, float("-inf"))
+    total = torch.logsumexp(log_terms, dim=-1, keepdim=True)  # [B, 1]
+    r = torch.exp(log_terms - total)  # [B, K]; NaN in a row with nothing left (-inf - -inf)
+    return torch.nan_to_num(r, nan=0.0)
+
+
+def mass_carrying_components(resp: Tensor, tolerance: float) -> tuple[Tensor, Tensor]:
+    """For each row, the smallest set of components whose dropped responsibility is at most ``tolerance``.
+
+    The set is the row's n_b largest entries, n_b the smallest count with sum(dropped) <= tolerance (so the
+    mass kept is >= 1 - tolerance for rows that sum to 1); ties at the boundary are broken arbitrarily,
+    which keeps the count minimal. The dropped mass is summed from the dropped entries themselves, smallest
+    first, so it is accurate even when tiny; with tolerance 0 every entry > 0 is kept.
+
+    An entry r < tolerance / K is never kept: were it among the n_b largest, everything after the
+    (n_b - 1)-th would be < tolerance / K, at most K entries, so dropping them would already have been
+    enough. Only the entries at or above that floor are ranked (``topk``), not the whole row.
+
+    Args:
+        resp: [B, K] non-negative responsibilities (``responsibilities``).
+        tolerance: 0 <= tolerance < 1, the responsibility a row may drop.
+
+    Returns:
+        keep: [B, K] bool, the components kept for each row.
+        dropped: [B] the responsibility each row drops (<= tolerance), in ``resp``'s dtype.
+    """
+    b, k = resp.shape
+    floor = tolerance / k if k else 0.0
+    candidate = resp >= floor if tolerance > 0 else resp > 0  # [B, K]
+    c = int(candidate.sum(-1).max()) if b and k else 0  # the most entries a row may need
+    if c == 0:
+        return torch.zeros_like(resp, dtype=torch.bool), resp.sum(-1)
+    top, where = resp.topk(c, dim=-1)  # [B, c] descending, [B, c] their columns
+    ranked = torch.zeros_like(resp, dtype=torch.bool).scatter_(-1, where, True)  # [B, K]
+    rest = resp.masked_fill(ranked, 0.0).sum(-1, keepdim=True)  # [B, 1] mass outside the top c (< tolerance)
+    suffix = top.flip(-1).cumsum(-1).flip(-1)  # [B, c] suffix[b, j] = sum of top[b, j:], smallest first
+    tails = torch.cat([suffix, torch.zeros_like(rest)], -1) + rest  # [B, c + 1] dropped mass keeping j
+    count = (tails > tolerance).sum(-1, keepdim=True).clamp_max(c)  # [B, 1] n_b (tails is non-increasing)
+    keep_ranked = torch.arange(c, device=resp.device).unsqueeze(0) < count  # [B, c]
+    keep = torch.zeros_like(ranked).scatter_(-1, where, keep_ranked)  # [B, K]
+    return keep, tails.gather(-1, count).squeeze(-1)
+
+
 def log_mean_exp(x: Tensor, dim: int) -> Tensor:
     """log (1/n) sum_i exp(x_i) along ``dim``, computed stably with logsumexp."""
     return torch.logsumexp(x, dim=dim) - math.log(x.shape[dim])

@@ -11,12 +11,13 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from exemplar_vae.compiling import check_compile_mode
 from exemplar_vae.config import EvalConfig, PriorConfig, RunConfig
 from exemplar_vae.data.formats import available_memory
 from exemplar_vae.errors import ConfigError
 from exemplar_vae.models.build import ARCHITECTURES
 from exemplar_vae.priors import PRIORS
-from exemplar_vae.priors.exemplar import check_exemplar_counts
+from exemplar_vae.priors.exemplar import check_exemplar_counts, check_grad_tolerance
 from exemplar_vae.priors.vampprior import check_subsample
 from exemplar_vae.retrieval import check_search
 from exemplar_vae.training.loop import AMP_DTYPES, DIVERGENCE_POLICIES
@@ -64,6 +65,7 @@ def validate(config: RunConfig, num_train: int | None = None, data_dim: int | No
     _check_name("mixed precision (--amp)", t.amp, AMP_DTYPES)
     _check_name("optimizer", t.optimizer, OPTIMIZER_NAMES)
     _check_name("divergence policy (--on-divergence)", t.divergence, DIVERGENCE_POLICIES)
+    check_compile_mode(t.compile)
     positive = {
         "latent dimension (--latent-dim)": m.latent_dim,
         "hidden width (--hidden)": m.hidden,
@@ -89,6 +91,11 @@ def validate(config: RunConfig, num_train: int | None = None, data_dim: int | No
             f"--subsample K' is the VampPrior's pseudo-input subsampling; the prior is '{p.name}'"
         )
     check_subsample(p.subsample, p.components)
+    if p.grad_tolerance is not None and p.name != "exemplar":
+        raise ConfigError(
+            f"--grad-tolerance is the exact exemplar prior's gradient option; the prior is '{p.name}'"
+        )
+    check_grad_tolerance(p.grad_tolerance, p.knn)
     check_search(p.search, p.nprobe)
     if p.search == "exact" and p.nprobe != PriorConfig.nprobe:
         raise ConfigError(
@@ -130,6 +137,7 @@ def validate_eval(config: EvalConfig) -> EvalConfig:
         ConfigError: naming the flag and the value.
     """
     _check_name("split (--split)", config.split, SPLITS)
+    check_compile_mode(config.compile)
     if config.samples < 1:
         raise ConfigError(f"--samples must be at least 1, got {config.samples}")
     if config.batch_size < 1:

@@ -26,13 +26,15 @@ from typing import Any
 
 from exemplar_vae import __version__, distributed, errors, pipeline, report
 from exemplar_vae.cli import ablate, downstream, explain, explore, export, reproduce
+from exemplar_vae.compiling import COMPILE_MODES
 from exemplar_vae.config import EvalConfig, RunConfig
 from exemplar_vae.errors import ExemplarVAEError
+from exemplar_vae.evaluation.density import AUTO_COMPILE_ROWS
 from exemplar_vae.io import atomic_write_text, write_failed
 from exemplar_vae.models.build import ARCHITECTURES
 from exemplar_vae.priors import PRIORS
 from exemplar_vae.runs import load_run_config
-from exemplar_vae.training.loop import AMP_DTYPES
+from exemplar_vae.training.loop import AMP_DTYPES, AUTO_COMPILE_STEPS, RESUMABLE_CHANGES
 
 logger = logging.getLogger("exemplar_vae")
 
@@ -66,6 +68,14 @@ TRAIN_FLAGS: dict[str, tuple[str, str, type, str]] = {
         "rebuilt each epoch; recall logged as search_recall)",
     ),
     "--nprobe": ("prior", "nprobe", int, "inverted lists visited per query with --search ivf (default 16)"),
+    "--grad-tolerance": (
+        "prior",
+        "grad_tolerance",
+        float,
+        "exact prior (--knn 0): encode the M exemplars without gradient and re-encode with gradient only "
+        "those carrying all but this much of each point's responsibility, e.g. 1e-3 (same value; the encoder "
+        "gradient through the others is left out; default: all M with gradient)",
+    ),
     "--subsample": (
         "prior",
         "subsample",
@@ -99,6 +109,14 @@ TRAIN_FLAGS: dict[str, tuple[str, str, type, str]] = {
         str,
         "when the training loss diverges (above 10x its lowest 5-step mean for 5 steps in a row): stop "
         "(default; exit 1) or warn (log it and train on); a NaN/inf loss always stops",
+    ),
+    "--compile": (
+        "train",
+        "compile",
+        str,
+        "torch.compile the training step's loss, forward and backward: off (default), on, or auto (on for "
+        f"runs of at least {AUTO_COMPILE_STEPS:,} steps); without a C++ compiler it trains eagerly after a "
+        "warning",
     ),
 }
 
@@ -239,6 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="at most this fraction of the N exemplars evaluated exactly per test point (default 0.5)",
     )  # fmt: skip
     p.add_argument(
+        "--compile", choices=COMPILE_MODES, default="auto",
+        help="torch.compile the decoder and likelihood: auto (when the evaluation decodes at least "
+        f"{AUTO_COMPILE_ROWS:,} codes, points x samples; default), on, off; without a C++ compiler it "
+        "runs eagerly after a warning",
+    )  # fmt: skip
+    p.add_argument(
         "--extra-exemplars", type=Path, default=None, metavar="EXTRA.npz",
         help="exemplar prior: add the images (array x) of this .npz file to the exemplar set, no retraining",
     )  # fmt: skip
@@ -346,14 +370,14 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     if args.binarize is not None:
         given["data"]["binarize"] = args.binarize
     if args.resume:
-        allowed = {"epochs", "device", "early_stopping", "max_steps", "divergence"}
+        allowed = RESUMABLE_CHANGES
         flags = {(s, n): f for f, (s, n, _, _) in TRAIN_FLAGS.items()}
         flags[("prior", "leave_one_out")], flags[("data", "binarize")] = "--no-leave-one-out", "--binarize"
         changed = sorted(flags[(s, n)] for s, names in given.items() for n in names if n not in allowed)
         if changed:
             raise ExemplarVAEError(
                 f"--resume continues the saved configuration; only --epochs, --early-stopping, --max-steps, "
-                f"--on-divergence and --device may change (got {', '.join(changed)})"
+                f"--on-divergence, --compile and --device may change (got {', '.join(changed)})"
             )
     new = {k: replace(v, **given[k]) for k, v in sections.items()}
     return RunConfig(**new)
@@ -383,6 +407,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         check_exact=args.check_exact, escalate=not args.no_escalate, certify=args.certify,
         tolerance=args.certify_tolerance,
         budget=args.certify_budget, seed=args.seed, split=args.split, limit=args.limit,
+        compile=args.compile,
     )  # fmt: skip
     result = pipeline.evaluate_run(
         args.run_dir, config, args.device, progress=not args.no_progress,

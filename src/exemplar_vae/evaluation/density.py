@@ -18,6 +18,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from exemplar_vae import distributed
+from exemplar_vae.compiling import Compiled
 from exemplar_vae.config import EvalConfig
 from exemplar_vae.errors import CheckpointError, RunFailed
 from exemplar_vae.evaluation.certify import CertifyStats
@@ -25,6 +26,8 @@ from exemplar_vae.evaluation.scoring import PriorScoring
 from exemplar_vae.functional import bits_per_dim, log_mean_exp
 from exemplar_vae.models.vae import VAE
 from exemplar_vae.objectives.likelihood import (
+    ChunkTerms,
+    chunk_terms_for,
     importance_sampled_log_likelihood,
     log_weight_bounds,
     log_weights,
@@ -32,6 +35,25 @@ from exemplar_vae.objectives.likelihood import (
 from exemplar_vae.validation import validate_eval
 
 logger = logging.getLogger(__name__)
+
+# compile="auto" compiles the decoder's part of the importance weights when an evaluation decodes at least
+# this many codes (points x samples): compiling costs seconds, and below this count the time it saves on
+# the CPUs measured does not pay for it (docs/speed.md, "Compiled evaluation and training step")
+AUTO_COMPILE_ROWS = 10_000_000
+
+
+def decoder_terms(model: VAE, config: EvalConfig, points: int) -> Compiled:
+    """The decoder's part of the importance weights (``objectives.likelihood.chunk_terms_for``), compiled
+    as ``config.compile`` says: "on", "off", or "auto" (when ``points`` x samples reach
+    ``AUTO_COMPILE_ROWS``). A model with latents below z draws them from a generator inside the chunk and
+    is evaluated eagerly."""
+    wanted = config.compile == "on" or (
+        config.compile == "auto" and points * config.samples >= AUTO_COMPILE_ROWS
+    )
+    if wanted and model.lower_latents:
+        logger.info("the decoder terms of a model with latents below z are not compiled")
+        wanted = False
+    return Compiled(chunk_terms_for(model), "the evaluation's decoder and likelihood", wanted, model.device)
 
 
 @torch.no_grad()
@@ -74,7 +96,10 @@ def evaluate_density(
     scoring = PriorScoring(model.prior, model.encoder, config.candidates, config.tolerance, config.budget)
     x = x.to(model.device)
     start = time.perf_counter()
-    ll, elbo, upper = _score(model, x, config, scoring, progress, config.certify and scoring.truncating)
+    terms = decoder_terms(model, config, x.shape[0])
+    ll, elbo, upper = _score(
+        model, x, config, scoring, progress, config.certify and scoring.truncating, terms
+    )
     n = ll.shape[0]
     mean_ll, mean_elbo = float(ll.mean()), float(elbo.mean())
     _check_finite_result(ll, elbo, mean_ll, mean_elbo)
@@ -95,13 +120,14 @@ def evaluate_density(
             gap = (upper - ll).double()  # [n] certified bound on each point's truncation error
             result["certified"] = _certified(gap, upper, config.tolerance, scoring.stats.summed_over_ranks())
         if config.check_exact > 0:
-            result["truncation_check"] = _check_truncation(model, x, ll, config)
+            result["truncation_check"] = _check_truncation(model, x, ll, config, terms)
             if (
                 config.escalate
                 and not config.certify
                 and result["truncation_check"]["max_error"] > config.tolerance
             ):
-                result = _escalate(model, x, config, result, progress)
+                result = _escalate(model, x, config, result, progress, terms)
+    result["compile"] = {"mode": config.compile, **terms.report()}
     return result
 
 
@@ -121,7 +147,7 @@ def _certified(gap: Tensor, upper: Tensor, tolerance: float, stats: CertifyStats
 
 
 def _escalate(
-    model: VAE, x: Tensor, config: EvalConfig, first: dict[str, Any], progress: bool
+    model: VAE, x: Tensor, config: EvalConfig, first: dict[str, Any], progress: bool, terms: ChunkTerms
 ) -> dict[str, Any]:
     """The truncation check found an error above the tolerance: the nearest candidates do not hold enough
     of the prior's mass (a wide kernel, e.g. an early model). Score again with 4 times as many candidates,
@@ -142,7 +168,7 @@ def _escalate(
         )  # fmt: skip
         settings = dataclasses.replace(config, candidates=candidates)
         scoring = PriorScoring(model.prior, model.encoder, candidates)
-        ll, elbo, _ = _score(model, x, settings, scoring, progress, certify=False)
+        ll, elbo, _ = _score(model, x, settings, scoring, progress, False, terms)
         mean_ll, mean_elbo = float(ll.mean()), float(elbo.mean())
         _check_finite_result(ll, elbo, mean_ll, mean_elbo)
         n = ll.shape[0]
@@ -156,7 +182,7 @@ def _escalate(
         if candidates is None:  # "candidates" and "truncation_check" stay those of the first pass
             break
         current["candidates"] = candidates
-        current["truncation_check"] = _check_truncation(model, x, ll, settings)
+        current["truncation_check"] = _check_truncation(model, x, ll, settings, terms)
         tried.append((candidates, current["truncation_check"]["max_error"]))
         if current["truncation_check"]["max_error"] <= config.tolerance:
             break
@@ -203,7 +229,8 @@ def point_log_likelihoods(
     model.eval()
     model.prior.refresh(model.encoder)
     scoring = PriorScoring(model.prior, model.encoder, config.candidates)
-    ll, elbo, _ = _score(model, x.to(model.device), config, scoring, progress, certify=False)
+    terms = decoder_terms(model, config, x.shape[0])
+    ll, elbo, _ = _score(model, x.to(model.device), config, scoring, progress, False, terms)
     return ll, elbo
 
 
@@ -214,7 +241,13 @@ def _batch_generator(model: VAE, seed: int, batch: int) -> torch.Generator:
 
 
 def _score(
-    model: VAE, x: Tensor, config: EvalConfig, scoring: PriorScoring, progress: bool, certify: bool
+    model: VAE,
+    x: Tensor,
+    config: EvalConfig,
+    scoring: PriorScoring,
+    progress: bool,
+    certify: bool,
+    terms: ChunkTerms | None = None,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Per-example log-likelihood, ELBO and (``certify``) a certified upper bound on the full-prior
     log-likelihood estimate; batch b's noise has its own generator, so any batch can be re-scored with the
@@ -227,12 +260,16 @@ def _score(
     for b in tqdm(mine, desc=f"log-likelihood (S={s})", disable=not progress, leave=False):
         xb, g = batches[b], _batch_generator(model, config.seed, b)
         if certify:
-            lo, up = log_weight_bounds(model, xb, s, generator=g, prior_bounds=scoring.bounds)  # [S, B] each
+            lo, up = log_weight_bounds(
+                model, xb, s, generator=g, prior_bounds=scoring.bounds, chunk_terms=terms
+            )  # [S, B] each
             lls.append(log_mean_exp(lo, 0))
             elbos.append(lo.mean(0))
             uppers.append(log_mean_exp(up, 0))
         else:
-            est = importance_sampled_log_likelihood(model, xb, s, generator=g, prior_scorer=scoring.scorer)
+            est = importance_sampled_log_likelihood(
+                model, xb, s, generator=g, prior_scorer=scoring.scorer, chunk_terms=terms
+            )
             lls.append(est.log_likelihood)
             elbos.append(est.elbo)
     empty = x.new_zeros(0, dtype=torch.float64)
@@ -242,7 +279,9 @@ def _score(
     return ll, elbo, upper
 
 
-def _check_truncation(model: VAE, x: Tensor, truncated_ll: Tensor, config: EvalConfig) -> dict[str, Any]:
+def _check_truncation(
+    model: VAE, x: Tensor, truncated_ll: Tensor, config: EvalConfig, terms: ChunkTerms | None = None
+) -> dict[str, Any]:
     """Re-score the first ``config.check_exact`` examples with the full prior and the same samples.
 
     The batches are drawn as in the truncated pass (noise seeded per batch), and the full prior is scored
@@ -258,7 +297,13 @@ def _check_truncation(model: VAE, x: Tensor, truncated_ll: Tensor, config: EvalC
         g = _batch_generator(model, config.seed, b)
         columns = min(batches[b].shape[0], n - b * bs)
         w = log_weights(
-            model, batches[b], config.samples, generator=g, columns=columns, prior_scorer=full.scorer
+            model,
+            batches[b],
+            config.samples,
+            generator=g,
+            columns=columns,
+            prior_scorer=full.scorer,
+            chunk_terms=terms,
         )
         exact.append(log_mean_exp(w, 0).double())
     exact_ll = distributed.gather_rows(torch.cat(exact) if exact else x.new_zeros(0, dtype=torch.float64))

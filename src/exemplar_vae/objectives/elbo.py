@@ -8,11 +8,12 @@ KL warm-up weight.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
+from exemplar_vae.compiling import Compiled
 from exemplar_vae.functional import full_precision, log_normal_diag, reparameterize
 from exemplar_vae.models.vae import VAE, StepNoise
 
@@ -64,3 +65,67 @@ def elbo_terms(
     rec = -lower.log_px  # [B]
     kl = log_normal_diag(z, mean, log_var) - log_pz + lower.kl_lower
     return ElboTerms(loss=(rec + beta * kl).mean(), rec=rec, kl=kl, elbo=-(rec + kl))
+
+
+def planned_elbo_terms(
+    model: VAE, x: Tensor, index: Tensor | None, beta: Tensor, noise: StepNoise, plan: Any
+) -> ElboTerms:
+    """``elbo_terms`` with the prior's choices made ahead (``Prior.plan``): a pure tensor function of the
+    inputs, the noise, the plan and the networks, which ``torch.compile`` can trace whole, forward and
+    backward. ``beta`` is a tensor so that the KL warm-up does not recompile it every epoch."""
+    mean, log_var = (full_precision(t) for t in model.encode(x))  # [B, d]
+    z = reparameterize(mean, log_var, noise.z.to(mean.dtype))  # [B, d]
+    lower = model.lower_terms(x, z, None, noise.lower)  # [B] each
+    with torch.autocast(z.device.type, enabled=False):  # mixture sums stay float32
+        log_pz = model.prior.planned_log_prob(z, model.encoder, index, plan)  # [B]
+    rec = -lower.log_px
+    kl = log_normal_diag(z, mean, log_var) - log_pz + lower.kl_lower
+    return ElboTerms(loss=(rec + beta * kl).mean(), rec=rec, kl=kl, elbo=-(rec + kl))
+
+
+class CompiledElbo:
+    """The training step's ``elbo_terms`` with its tensor work compiled (``compiling.Compiled``).
+
+    A call first encodes the batch without gradient to make the prior's choices (``Prior.plan``: the
+    subset, the retrieved neighbours, in the order ``elbo_terms`` draws them, so the values are the same),
+    then runs ``planned_elbo_terms`` compiled, with dynamic shapes (the retrieved union changes size every
+    step). The extra encoder pass costs B rows, small beside the union's re-encoding it lets the compiler
+    fuse. Without a compiler, or if compiling fails, the same functions run eagerly.
+
+    Args:
+        model: the VAE it is built for (the compiled graph is specialised to it).
+        enabled: False: run eagerly (the plan-then-score form, for comparison).
+    """
+
+    def __init__(self, model: VAE, enabled: bool = True) -> None:
+        self.model = model
+        self.compiled = Compiled(
+            planned_elbo_terms, "the training step's loss", enabled, model.device, dynamic=True
+        )
+
+    def __call__(
+        self,
+        model: VAE,
+        x: Tensor,
+        index: Tensor | None = None,
+        beta: float = 1.0,
+        generator: torch.Generator | None = None,
+        noise: StepNoise | None = None,
+    ) -> ElboTerms:
+        if model is not self.model:
+            raise ValueError("a CompiledElbo is built for one model; build another for this one")
+        if noise is None:
+            noise = model.draw_noise(x.shape[0], generator)
+        plan = None
+        if model.prior.training:
+            with torch.no_grad():
+                mean, log_var = (full_precision(t) for t in model.encode(x))  # [B, d]
+                z = reparameterize(mean, log_var, noise.z.to(mean.dtype))  # [B, d]
+                plan = model.prior.plan(z, model.encoder, index, generator)
+        beta_t = torch.tensor(float(beta), device=x.device)
+        terms: ElboTerms = self.compiled(model, x, index, beta_t, noise, plan)
+        return terms
+
+    def report(self) -> dict[str, Any]:
+        """``Compiled.report()`` of the step: used, compile_seconds, compilations (and a fallback)."""
+        return self.compiled.report()

@@ -65,27 +65,53 @@ class LikelihoodEstimate(NamedTuple):
     elbo: Tensor  # [B] (1/S) sum_s log w_s
 
 
+# (x [B, D], encoder mean [B, d], log-variance [B, d], noise [s, B, d], generator of the latents below z)
+#   -> (z [s, B, d], log p(x, z_lower|z) - log q(z, z_lower|x) [s, B] float64): the decoder's part of one
+#   chunk of importance weights (``chunk_terms``; evaluation may pass a compiled one)
+ChunkTerms = Callable[[Tensor, Tensor, Tensor, Tensor, torch.Generator | None], tuple[Tensor, Tensor]]
+
+
+def chunk_terms_for(model: VAE) -> ChunkTerms:
+    """The eager ``ChunkTerms`` of ``model``: z = mean + exp(log_var / 2) * noise, the lower terms
+    (decoder and likelihood) and log q(z|x). A pure function of its tensors for a one-layer model, so
+    ``torch.compile`` can fuse it (``evaluation`` does, see ``compiling``)."""
+
+    def terms(
+        x: Tensor, mean: Tensor, log_var: Tensor, eps: Tensor, lower_generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor]:
+        z = reparameterize(mean, log_var, eps)  # [s, B, d]
+        log_q = log_normal_diag(z, mean, log_var)  # [s, B]
+        lower = model.lower_terms(x, z, lower_generator)  # [s, B] each
+        return z, lower.log_px.double() - lower.kl_lower.double() - log_q.double()
+
+    return terms
+
+
 def _proposal_terms(
-    model: VAE, x: Tensor, num_samples: int, max_rows: int | None, generator: torch.Generator | None
+    model: VAE,
+    x: Tensor,
+    num_samples: int,
+    max_rows: int | None,
+    generator: torch.Generator | None,
+    chunk_terms: ChunkTerms | None = None,
 ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
     """Chunks of (z [s, B, d], log p(x, z_lower|z) - log q(z, z_lower|x) [s, B] float64, encoder mean [B, d]),
     z ~ q(z|x) the top latent (the one the prior scores); for a one-layer VAE the lower terms are log p(x|z).
 
     The encoder runs once; the decoder streams over chunks of at most ``max_rows`` codes (None: the
     model's ``evaluation_rows`` for the device: 4,000 for the MLPs on a CPU, 32,000 on a GPU, fewer for
-    convolutional decoders)."""
+    convolutional decoders), each through ``chunk_terms`` (None: ``chunk_terms_for(model)``)."""
     b = x.shape[0]
     mean, log_var = model.encode(x)  # [B, d]
     rows = max_rows if max_rows is not None else model.evaluation_rows(x.device)
     chunk = max(1, rows // max(1, b))
     lower_generator = _lower_stream(model, generator)
+    terms = chunk_terms if chunk_terms is not None else chunk_terms_for(model)
     for start in range(0, num_samples, chunk):
         s = min(chunk, num_samples - start)
         eps = torch.randn((s, b, mean.shape[1]), dtype=mean.dtype, device=mean.device, generator=generator)
-        z = reparameterize(mean, log_var, eps)  # [s, B, d]
-        log_q = log_normal_diag(z, mean, log_var)  # [s, B]
-        lower = model.lower_terms(x, z, lower_generator)  # [s, B] each
-        yield z, lower.log_px.double() - lower.kl_lower.double() - log_q.double(), mean
+        z, base = terms(x, mean, log_var, eps, lower_generator)  # [s, B, d], [s, B]
+        yield z, base, mean
 
 
 def _lower_stream(model: VAE, generator: torch.Generator | None) -> torch.Generator | None:
@@ -112,6 +138,7 @@ def log_weights(
     generator: torch.Generator | None = None,
     columns: int | None = None,
     prior_scorer: Callable[[Tensor], Scorer] | None = None,
+    chunk_terms: ChunkTerms | None = None,
 ) -> Tensor:
     """log w_s = log p(x|z_s) + log p(z_s) - log q(z_s|x) for z_s ~ q(z|x).
 
@@ -126,6 +153,7 @@ def log_weights(
             samples are those of the whole batch, so a few points can be re-scored with another prior
             on exactly the samples they had in a full batch); None: all B.
         prior_scorer: encoder means [c, d] -> ``Scorer`` of log p(z); None: ``exact_prior_scorer``.
+        chunk_terms: the decoder's part of each chunk (None: ``chunk_terms_for(model)``, eager).
 
     Returns:
         [S, B] (or [S, columns]) log-weights (float64).
@@ -133,7 +161,7 @@ def log_weights(
     scorer_for = prior_scorer if prior_scorer is not None else exact_prior_scorer(model.prior, model.encoder)
     out, score_prior = [], None
     c = x.shape[0] if columns is None else columns
-    for z, base, mean in _proposal_terms(model, x, num_samples, max_rows, generator):
+    for z, base, mean in _proposal_terms(model, x, num_samples, max_rows, generator, chunk_terms):
         if score_prior is None:
             score_prior = scorer_for(mean[:c])  # z [s, c, d] -> log p(z) [s, c]
         out.append(base[:, :c] + score_prior(z[:, :c]).double())
@@ -148,6 +176,7 @@ def log_weight_bounds(
     max_rows: int | None = None,
     generator: torch.Generator | None = None,
     prior_bounds: Callable[[Tensor], Bounds] | None = None,
+    chunk_terms: ChunkTerms | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Lower and upper bounds on the log-weights of ``log_weights`` (same samples for the same generator
     state), from ``prior_bounds`` (encoder means [B, d] -> ``Bounds``; None: the exact prior, equal bounds).
@@ -160,7 +189,7 @@ def log_weight_bounds(
         ([S, B], [S, B]) float64.
     """
     codes, bases, means = [], [], []
-    for z, base, mean in _proposal_terms(model, x, num_samples, max_rows, generator):
+    for z, base, mean in _proposal_terms(model, x, num_samples, max_rows, generator, chunk_terms):
         codes.append(z)
         bases.append(base)
         means.append(mean)
@@ -177,9 +206,13 @@ def importance_sampled_log_likelihood(
     max_rows: int | None = None,
     generator: torch.Generator | None = None,
     prior_scorer: Callable[[Tensor], Scorer] | None = None,
+    chunk_terms: ChunkTerms | None = None,
 ) -> LikelihoodEstimate:
     """IWAE estimate of log p(x) and the S-sample ELBO, per example, in nats: [B, D] -> [B] each.
 
-    ``prior_scorer`` as in ``log_weights`` (None: the prior's ``log_prob``)."""
-    w = log_weights(model, x, num_samples, max_rows, generator, prior_scorer=prior_scorer)  # [S, B]
+    ``prior_scorer`` and ``chunk_terms`` as in ``log_weights`` (None: the prior's ``log_prob``, eager
+    decoder terms)."""
+    w = log_weights(
+        model, x, num_samples, max_rows, generator, prior_scorer=prior_scorer, chunk_terms=chunk_terms
+    )  # [S, B]
     return LikelihoodEstimate(log_mean_exp(w, 0), w.mean(dim=0))

@@ -24,7 +24,14 @@ PRIORS: dict[str, PriorFactory] = {
     ),
     "mog": lambda cfg, latent_dim, exemplars: MoGPrior(latent_dim, cfg.components),
     "exemplar": lambda cfg, latent_dim, exemplars: ExemplarPrior(
-        exemplars, latent_dim, cfg.exemplars, cfg.knn, cfg.leave_one_out, search=cfg.search, nprobe=cfg.nprobe
+        exemplars,
+        latent_dim,
+        cfg.exemplars,
+        cfg.knn,
+        cfg.leave_one_out,
+        search=cfg.search,
+        nprobe=cfg.nprobe,
+        grad_tolerance=cfg.grad_tolerance,
     ),
 }
 

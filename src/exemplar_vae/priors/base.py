@@ -55,6 +55,22 @@ class Prior(nn.Module):
         """
         raise NotImplementedError
 
+    def plan(
+        self, z: Tensor, encoder: Encoder, index: Tensor | None, generator: torch.Generator | None
+    ) -> Any:
+        """The training step's random and data-dependent choices, made without gradient: a subset of
+        exemplars or pseudo-inputs drawn from ``generator``, neighbours retrieved for the codes ``z`` [B, d]
+        (detached), the inputs they need gathered. ``planned_log_prob`` then computes log p(z) as a pure
+        tensor function of z, the networks and the plan, which ``torch.compile`` can fuse
+        (``objectives.elbo.CompiledElbo``). Drawn in the order ``log_prob`` draws, so both give the same
+        value. Default: nothing to choose (None)."""
+        return None
+
+    def planned_log_prob(self, z: Tensor, encoder: Encoder, index: Tensor | None, plan: Any) -> Tensor:
+        """log p(z) [B] with the choices of ``plan`` (``self.plan``); default: ``log_prob``, for priors
+        whose training form draws nothing."""
+        return self.log_prob(z, encoder, index)
+
     def sample(
         self, n: int, encoder: Encoder, generator: torch.Generator | None = None, temperature: float = 1.0
     ) -> Tensor:

@@ -12,6 +12,10 @@ Training forms (Norouzi et al. 2020, Sec. 3):
   replacement, the paper's definition), as the first M of a keyed pseudo-random permutation
   (``priors.subset``): membership is an O(1) test, so a retrieval step does no O(N) work;
 * exact mode (k = 0): the M exemplars are encoded with gradient and the full M-component mixture is used;
+  with a gradient tolerance (``grad_tolerance``) all M are encoded without gradient, and only the union
+  of the exemplars that carry each point's responsibility mass, all but at most the tolerance, is
+  re-encoded with gradient (``exact_log_prob_sparse_grad``): the same value, the exact gradient for z and
+  log sigma^2, and an encoder gradient that leaves out only the dropped exemplars' terms;
 * retrieval augmented training (k > 0): the k codes nearest to each z among the M-subset are found in a
   cache of all exemplar codes (refreshed by the training loop, stale within an epoch); the union of the
   retrieved exemplars is re-encoded with gradient, and log p(z) is the mixture over that union with the
@@ -26,7 +30,7 @@ truncate it to the exemplars near each test point through ``kernel_mixture`` (se
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -40,6 +44,8 @@ from exemplar_vae.functional import (
     kernel_dtype,
     leave_one_out_mask,
     masked_log_mean_exp,
+    mass_carrying_components,
+    responsibilities,
     squared_distances,
 )
 from exemplar_vae.interfaces import Encoder
@@ -65,6 +71,26 @@ def check_exemplar_counts(n: int, m: int, knn: int) -> None:
         raise ConfigError(f"--knn k={knn} must be >= 0 (0 = the exact prior over M)")
     if knn > m:
         raise ConfigError(f"--knn k={knn} is larger than the exemplars per step M={m}")
+
+
+def check_grad_tolerance(tolerance: float | None, knn: int) -> None:
+    """The exact prior's gradient tolerance: None (off) or 0 <= tol < 1, and only with k = 0.
+
+    Raises:
+        ConfigError: naming the flag and the value.
+    """
+    if tolerance is None:
+        return
+    if not 0 <= tolerance < 1:  # NaN fails too
+        raise ConfigError(
+            f"--grad-tolerance must be in [0, 1) (the responsibility a point may leave out of the encoder "
+            f"gradient), got {tolerance}"
+        )
+    if knn != 0:
+        raise ConfigError(
+            f"--grad-tolerance applies to the exact prior (--knn 0); with --knn {knn} only the retrieved "
+            "exemplars are re-encoded already"
+        )
 
 
 def exemplar_log_kernel(z: Tensor, centers: Tensor, log_var: Tensor) -> Tensor:
@@ -163,6 +189,17 @@ def knn_lower_bound(
     return exemplar_mixture_log_prob(z, centers, union, log_var, count, index)
 
 
+class ExemplarPlan(NamedTuple):
+    """A training step's exemplars, chosen without gradient (``ExemplarPrior.plan``)."""
+
+    ids: Tensor  # [J] dataset indices of the exemplars re-encoded with gradient (sorted union, or all M)
+    inputs: Tensor  # [J_r, D] this rank's share of their inputs, on the prior's device
+    normaliser: Tensor  # [1] or [B]: M, or M - 1 for a point that left itself out
+    codes: Tensor | None = None  # sparse-gradient exact mode: [M, d] the subset's codes, no gradient
+    members: Tensor | None = None  # with codes: [M] the subset's dataset indices
+    positions: Tensor | None = None  # with codes: [J] where ``ids`` sit among ``members``
+
+
 class ExemplarPrior(Prior):
     """Parzen-window prior over encoded exemplars, with leave-one-out, subsampling and retrieval.
 
@@ -178,6 +215,10 @@ class ExemplarPrior(Prior):
             of "ivf" is logged as ``search_recall``).
         nprobe: inverted lists visited per query with ``search="ivf"``.
         nlist: inverted lists of the index (None: about 2 sqrt(N)).
+        grad_tolerance: exact mode (k = 0) only: None encodes all M exemplars with gradient
+            (``exact_log_prob``); a value tol in [0, 1) encodes them without gradient and re-encodes with
+            gradient only the exemplars carrying each point's mass but at most tol
+            (``exact_log_prob_sparse_grad``; logged as ``grad_neglected_mass`` and ``grad_exemplars``).
     """
 
     def __init__(
@@ -191,13 +232,18 @@ class ExemplarPrior(Prior):
         search: str = "exact",
         nprobe: int = 16,
         nlist: int | None = None,
+        grad_tolerance: float | None = None,
     ) -> None:
         super().__init__(latent_dim)
         n = exemplars.shape[0]
         m = num_exemplars if num_exemplars is not None else max(1, n // 2)
         check_exemplar_counts(n, m, knn)
         check_search(search, nprobe)
+        check_grad_tolerance(grad_tolerance, knn)
         self.num_exemplars, self.knn, self.leave_one_out = m, knn, leave_one_out
+        self.grad_tolerance = grad_tolerance
+        # the last sparse-gradient step: (largest dropped responsibility [] over the batch, |J|)
+        self.grad_stats: tuple[Tensor, int] | None = None
         self.searcher = SubsetSearch(search, nprobe, nlist, search_backend)
         self.log_var = nn.Parameter(torch.zeros(()))  # log sigma^2, one scalar for all exemplars and dims
         # [N, D] exemplar inputs, held once (uint8 where they are 8-bit), not saved in checkpoints; rows
@@ -277,14 +323,111 @@ class ExemplarPrior(Prior):
         mine = distributed.shard(ids)  # [J / W] this rank's part
         return distributed.gather_rows_with_grad(encoder.mean(self.gather(mine)))  # [J, d]
 
+    @torch.no_grad()
+    def encode_without_grad(self, encoder: Encoder, ids: Tensor, chunk: int = 8192) -> Tensor:
+        """mu_phi of the exemplars ``ids`` [J] without gradient, ``chunk`` rows at a time: [J, d]. The
+        encoder keeps its mode (the same function as ``encode_with_grad``); in a distributed run every rank
+        passes the same ids, encodes its shard and the codes are gathered."""
+        mine = distributed.shard(ids)  # [J / W] this rank's part
+        codes = [encoder.mean(self.gather(part)) for part in mine.split(chunk)] if mine.numel() else []
+        if not codes:  # no share for this rank (J < W): it still joins the gather
+            codes = [encoder.mean(self.gather(mine))]  # [0, d]
+        return distributed.gather_rows(torch.cat(codes))  # [J, d]
+
+    # -- a training step: the exemplars chosen without gradient (plan), then log p(z) with gradient ---------
+    def _dense_plan(self, ids: Tensor, index: Tensor | None, subset: Tensor | Subset) -> ExemplarPlan:
+        """The plan that re-encodes the exemplars ``ids`` [J] with gradient and mixes over them alone."""
+        return ExemplarPlan(ids, self.gather(distributed.shard(ids)), self._normaliser(index, subset))
+
+    @torch.no_grad()
+    def _sparse_plan(
+        self, z: Tensor, encoder: Encoder, index: Tensor | None, subset: Tensor | Subset, tolerance: float
+    ) -> ExemplarPlan:
+        """All M exemplars of ``subset`` encoded without gradient; the union J of the exemplars that carry
+        each point's responsibility mass but at most ``tolerance`` (``mass_carrying_union``) is what the
+        step re-encodes with gradient. Records ``grad_stats``."""
+        members = self._members(subset)  # [M]
+        codes = self.encode_without_grad(encoder, members)  # [M, d]
+        left_out = self._left_out(index)
+        mask = leave_one_out_mask(left_out, members) if left_out is not None else None  # [B, M]
+        resp = responsibilities(exemplar_log_kernel(z, codes, self.log_var), mask)  # [B, M]
+        positions, worst = self.mass_carrying_union(resp, tolerance)  # [J], []
+        self.grad_stats = (worst, int(positions.numel()))
+        ids = members[positions]  # [J]
+        return ExemplarPlan(
+            ids, self.gather(distributed.shard(ids)), self._normaliser(index, subset), codes, members,
+            positions,
+        )  # fmt: skip
+
+    def plan(
+        self, z: Tensor, encoder: Encoder, index: Tensor | None, generator: torch.Generator | None
+    ) -> ExemplarPlan | None:
+        """The step's exemplars (``Prior.plan``): the subset drawn from ``generator``, then the union
+        retrieved for the codes z (k > 0), all M (exact), or the mass-carrying union (exact with
+        ``grad_tolerance``); None in evaluation mode (the full prior over the cache)."""
+        if not self.training:
+            return None
+        if self.leave_one_out and index is None:
+            raise ValueError("leave-one-out training needs the dataset index of every point")
+        z = z.detach()
+        subset = self.draw_subset(generator)
+        if self.knn > 0:
+            return self._dense_plan(self.retrieve(z, index, subset), index, subset)
+        if self.grad_tolerance is not None:
+            return self._sparse_plan(z, encoder, index, subset, self.grad_tolerance)
+        return self._dense_plan(self._members(subset), index, subset)
+
+    def planned_log_prob(
+        self, z: Tensor, encoder: Encoder, index: Tensor | None, plan: ExemplarPlan | None
+    ) -> Tensor:
+        """log p(z) [B] over the exemplars of ``plan``, re-encoded with gradient (in a distributed run each
+        rank encodes its share and the codes are gathered with autograd, so each exemplar is encoded once
+        and receives the gradient of every rank's loss); None: the full prior (evaluation mode).
+
+        With the subset's no-grad codes in the plan (``grad_tolerance``), the kernel over all M is formed
+        from them and the re-encoded exemplars' columns replace theirs: the exact mixture's value (the
+        encoder is deterministic, the two codes agree to rounding), exact gradients for z and log sigma^2,
+        and an encoder gradient that leaves out d log p(z_b) / d c_m = r_bm (z_b - c_m) / sigma^2 of the
+        dropped exemplars only, total weight <= the tolerance per point."""
+        if plan is None:
+            return self.full_log_prob(z)
+        centers = distributed.gather_rows_with_grad(encoder.mean(plan.inputs))  # [J, d]
+        left_out = self._left_out(index)
+        if plan.codes is None:
+            return exemplar_mixture_log_prob(z, centers, plan.ids, self.log_var, plan.normaliser, left_out)
+        assert plan.members is not None and plan.positions is not None
+        mask = leave_one_out_mask(left_out, plan.members) if left_out is not None else None  # [B, M]
+        log_k = exemplar_log_kernel(z, plan.codes, self.log_var)  # [B, M], gradient for z, log sigma^2
+        log_k = log_k.index_copy(1, plan.positions, exemplar_log_kernel(z, centers, self.log_var))
+        return masked_log_mean_exp(log_k, mask, plan.normaliser).to(z.dtype)
+
     def exact_log_prob(
         self, z: Tensor, encoder: Encoder, index: Tensor | None, subset: Tensor | Subset
     ) -> Tensor:
         """log p(z) over every exemplar of ``subset``, encoded with gradient: [B, d] -> [B]."""
-        ids = self._members(subset)  # [M]
-        centers = self.encode_with_grad(encoder, ids)  # [M, d]
-        count = self._normaliser(index, subset)
-        return exemplar_mixture_log_prob(z, centers, ids, self.log_var, count, self._left_out(index))
+        return self.planned_log_prob(
+            z, encoder, index, self._dense_plan(self._members(subset), index, subset)
+        )
+
+    def mass_carrying_union(self, resp: Tensor, tolerance: float) -> tuple[Tensor, Tensor]:
+        """The subset positions whose exemplars carry each point's responsibility but at most
+        ``tolerance`` (``mass_carrying_components``), united over the batch and over every rank's rows (the
+        same union everywhere): [B, M] -> ([J] int64 positions, sorted; [] the largest dropped mass of any
+        point on any rank)."""
+        keep, dropped = mass_carrying_components(resp, tolerance)  # [B, M], [B]
+        mine = keep.any(0).nonzero().squeeze(-1)  # [J_r] this rank's positions
+        union = torch.unique(distributed.gather_rows(mine))  # [J]
+        worst = torch.cat([dropped, dropped.new_zeros(1)]).max().reshape(1)  # [1] (0 for an empty share)
+        return union, distributed.gather_rows(worst).max()
+
+    def exact_log_prob_sparse_grad(
+        self, z: Tensor, encoder: Encoder, index: Tensor | None, subset: Tensor | Subset, tolerance: float
+    ) -> Tensor:
+        """``exact_log_prob``'s value, with the encoder's gradient only through the exemplars that carry
+        the mass (all but at most ``tolerance`` of each point's responsibility; see ``planned_log_prob``):
+        [B, d] -> [B]. ``grad_stats`` records the largest dropped mass and |J|."""
+        plan = self._sparse_plan(z.detach(), encoder, index, subset, tolerance)
+        return self.planned_log_prob(z, encoder, index, plan)
 
     def retrieve(self, z: Tensor, index: Tensor | None, subset: Tensor | Subset) -> Tensor:
         """Indices of the exemplars whose cached codes are nearest to each z within the subset.
@@ -305,11 +448,10 @@ class ExemplarPrior(Prior):
     def knn_log_prob(
         self, z: Tensor, encoder: Encoder, index: Tensor | None, subset: Tensor | Subset
     ) -> Tensor:
-        """Retrieval lower bound on ``exact_log_prob``: the mixture over the retrieved union only."""
-        union = self.retrieve(z, index, subset)  # [U]
-        centers = self.encode_with_grad(encoder, union)  # [U, d], re-encoded with gradient
-        count = self._normaliser(index, subset)
-        return knn_lower_bound(z, centers, union, self.log_var, count, self._left_out(index))
+        """Retrieval lower bound on ``exact_log_prob``: the mixture over the retrieved union only, with
+        the full subset's weight (``knn_lower_bound``)."""
+        plan = self._dense_plan(self.retrieve(z.detach(), index, subset), index, subset)
+        return self.planned_log_prob(z, encoder, index, plan)
 
     # -- the Prior interface -------------------------------------------------------------------------
     def log_prob(
@@ -319,14 +461,9 @@ class ExemplarPrior(Prior):
         index: Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> Tensor:
-        if not self.training:
-            return self.full_log_prob(z)
-        if self.leave_one_out and index is None:
-            raise ValueError("leave-one-out training needs the dataset index of every point")
-        subset = self.draw_subset(generator)
-        if self.knn == 0:
-            return self.exact_log_prob(z, encoder, index, subset)
-        return self.knn_log_prob(z, encoder, index, subset)
+        """Training mode: the step's plan (``plan``), then ``planned_log_prob``; evaluation mode: the full
+        prior over all N cached codes."""
+        return self.planned_log_prob(z, encoder, index, self.plan(z, encoder, index, generator))
 
     def full_log_prob(self, z: Tensor) -> Tensor:
         """The test-time prior over all N cached exemplar codes, no leave-one-out: [B, d] -> [B]."""
@@ -355,4 +492,7 @@ class ExemplarPrior(Prior):
         metrics: dict[str, Any] = {"prior_log_var": float(self.log_var.detach())}
         if self.searcher.search == "ivf" and self.searcher.recall is not None:
             metrics["search_recall"] = self.searcher.recall
+        if self.grad_stats is not None:  # the last step of the sparse-gradient exact prior
+            worst, size = self.grad_stats
+            metrics.update(grad_neglected_mass=float(worst), grad_exemplars=size)
         return metrics

@@ -10,6 +10,8 @@ In evaluation mode the prior is the full mixture over all K.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -82,9 +84,20 @@ class VampPrior(Prior):
     ) -> Tensor:
         """log p(z): the mixture over all K pseudo-inputs, or in training mode with ``subsample`` K' over a
         fresh subset of K' of them drawn from ``generator`` (weight 1/K' each): [B, d] -> [B]."""
+        return self.planned_log_prob(z, encoder, index, self.plan(z, encoder, index, generator))
+
+    def plan(
+        self, z: Tensor, encoder: Encoder, index: Tensor | None, generator: torch.Generator | None
+    ) -> Tensor | None:
+        """In training mode with ``subsample``: the [K'] distinct pseudo-inputs of this step; else None."""
         if self.training and self.subsample is not None:
-            ids = self.draw_subset(generator).members(self.pseudo_raw.device)  # [K'] distinct
-            pseudo = F.hardtanh(self.pseudo_raw[ids], 0.0, 1.0)  # [K', D]: only these are encoded
+            return self.draw_subset(generator).members(self.pseudo_raw.device)  # [K'] distinct
+        return None
+
+    def planned_log_prob(self, z: Tensor, encoder: Encoder, index: Tensor | None, plan: Any) -> Tensor:
+        """The mixture over the pseudo-inputs ``plan`` ([K'] ids; None: all K): [B, d] -> [B]."""
+        if plan is not None:
+            pseudo = F.hardtanh(self.pseudo_raw[plan], 0.0, 1.0)  # [K', D]: only these are encoded
         else:
             pseudo = self.pseudo_inputs()  # [K, D]
         means, log_vars = encoder(pseudo)  # [K or K', d] each

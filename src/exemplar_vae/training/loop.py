@@ -37,7 +37,7 @@ from exemplar_vae.errors import CheckpointError, ExemplarVAEError, RunFailed
 from exemplar_vae.functional import kl_warmup
 from exemplar_vae.io import METRICS, atomic_write_text, read_metrics
 from exemplar_vae.models.vae import VAE, StepNoise
-from exemplar_vae.objectives.elbo import ElboTerms, elbo_terms
+from exemplar_vae.objectives.elbo import CompiledElbo, ElboTerms, elbo_terms
 from exemplar_vae.training.checkpoint import (
     check_optimizer,
     check_weights,
@@ -47,7 +47,7 @@ from exemplar_vae.training.checkpoint import (
 from exemplar_vae.training.optim import build_optimizer, load_optimizer_state, normalize_gradients
 
 # settings a resumed run may change (the change is recorded in config.json); the others must be the saved ones
-RESUMABLE_CHANGES = frozenset({"epochs", "early_stopping", "device", "max_steps", "divergence"})
+RESUMABLE_CHANGES = frozenset({"epochs", "early_stopping", "device", "max_steps", "divergence", "compile"})
 
 # (model, x [B, D], dataset indices [B] or None, beta, generator or None, noise or None) -> ElboTerms
 Loss = Callable[[VAE, Tensor, Tensor | None, float, torch.Generator | None, StepNoise | None], ElboTerms]
@@ -56,6 +56,11 @@ AMP_DTYPES: dict[str, torch.dtype | None] = {"off": None, "bf16": torch.bfloat16
 
 # what a diverging run does (TrainConfig.divergence, --on-divergence): raise RunFailed, or log a warning
 DIVERGENCE_POLICIES = ("stop", "warn")
+
+# compile="auto" compiles the training step when the run plans at least this many optimiser steps: the
+# compile time (tens of seconds on a CPU, dynamic shapes) is won back only over many steps
+# (docs/speed.md, "Compiled evaluation and training step")
+AUTO_COMPILE_STEPS = 5000
 
 logger = logging.getLogger(__name__)
 
@@ -218,6 +223,28 @@ class Trainer:
         self._stop_requested = False
         self.divergence = DivergenceWatch()  # per-step losses -> diverged or not (TrainConfig.divergence)
         self._warned_epoch = 0  # "warn" mode: the last epoch a divergence warning was logged in
+        self.step_loss = self._step_loss(loss)  # the training step's loss: ``loss``, or compiled
+
+    def _step_loss(self, loss: Loss) -> Loss:
+        """The loss of the training steps: ``loss`` itself, or (``config.train.compile``, the default
+        objective, one process) ``CompiledElbo``. Validation always runs ``loss`` eagerly."""
+        t = self.config.train
+        planned = t.epochs * len(self.sampler) if t.max_steps is None else min(
+            t.max_steps, t.epochs * len(self.sampler)
+        )  # fmt: skip
+        wanted = t.compile == "on" or (t.compile == "auto" and planned >= AUTO_COMPILE_STEPS)
+        if not wanted:
+            return loss
+        if loss is not elbo_terms or self.world_size > 1:
+            logger.warning(
+                "--compile: only the default objective in one process is compiled; training eagerly"
+            )
+            return loss
+        return CompiledElbo(self.model)
+
+    def compile_report(self) -> dict[str, Any] | None:
+        """What the compiled step cost so far (``CompiledElbo.report``), None when the step is eager."""
+        return self.step_loss.report() if isinstance(self.step_loss, CompiledElbo) else None
 
     # -- state ---------------------------------------------------------------------------------------
     def _payload(self) -> dict[str, Any]:
@@ -373,7 +400,7 @@ class Trainer:
         rows = distributed.shard(torch.arange(idx.shape[0], device=self.device))  # this rank's rows
         mine = StepNoise(noise.z[rows], noise.lower[rows] if noise.lower is not None else None)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            terms = self.loss(model, x[rows], idx[rows], beta, g, mine)
+            terms = self.step_loss(model, x[rows], idx[rows], beta, g, mine)
         # this rank's share of the global batch mean: summed over ranks, the gradient of the mean
         loss = (terms.rec + beta * terms.kl).sum() / idx.shape[0]
         if self.world_size == 1:
@@ -461,6 +488,9 @@ class Trainer:
             metrics.update(self.validate())
             metrics.update(beta=beta, seconds=round(time.perf_counter() - start, 3), step=s.step)
             metrics.update(self.model.prior.extra_metrics())
+            compiled = self.compile_report()
+            if compiled is not None:  # compile time so far, inside this and earlier epochs' seconds
+                metrics.update(compile_seconds=compiled["compile_seconds"], compiled=compiled["used"])
             s.epoch = epoch
             improved = metrics["val_loss"] < s.best_val
             if improved:
