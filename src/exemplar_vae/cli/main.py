@@ -34,7 +34,12 @@ from exemplar_vae.io import atomic_write_text, write_failed
 from exemplar_vae.models.build import ARCHITECTURES
 from exemplar_vae.priors import PRIORS
 from exemplar_vae.runs import load_run_config
-from exemplar_vae.training.loop import AMP_DTYPES, AUTO_COMPILE_STEPS, RESUMABLE_CHANGES
+from exemplar_vae.training.loop import (
+    AMP_DTYPES,
+    AUTO_COMPILE_STEPS,
+    RESUMABLE_CHANGES,
+    RESUMABLE_PRIOR_CHANGES,
+)
 
 logger = logging.getLogger("exemplar_vae")
 
@@ -370,14 +375,15 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     if args.binarize is not None:
         given["data"]["binarize"] = args.binarize
     if args.resume:
-        allowed = RESUMABLE_CHANGES
+        allowed = RESUMABLE_CHANGES | RESUMABLE_PRIOR_CHANGES
         flags = {(s, n): f for f, (s, n, _, _) in TRAIN_FLAGS.items()}
         flags[("prior", "leave_one_out")], flags[("data", "binarize")] = "--no-leave-one-out", "--binarize"
         changed = sorted(flags[(s, n)] for s, names in given.items() for n in names if n not in allowed)
         if changed:
             raise ExemplarVAEError(
                 f"--resume continues the saved configuration; only --epochs, --early-stopping, --max-steps, "
-                f"--on-divergence, --compile and --device may change (got {', '.join(changed)})"
+                f"--on-divergence, --compile, --grad-tolerance and --device may change (got "
+                f"{', '.join(changed)})"
             )
     new = {k: replace(v, **given[k]) for k, v in sections.items()}
     return RunConfig(**new)

@@ -15,6 +15,7 @@ run stopped inside an epoch by ``max_steps`` re-encodes the exemplar cache when 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -48,6 +49,8 @@ from exemplar_vae.training.optim import build_optimizer, load_optimizer_state, n
 
 # settings a resumed run may change (the change is recorded in config.json); the others must be the saved ones
 RESUMABLE_CHANGES = frozenset({"epochs", "early_stopping", "device", "max_steps", "divergence", "compile"})
+# prior settings a resumed run may change: how the exact prior's gradient is computed, not the model
+RESUMABLE_PRIOR_CHANGES = frozenset({"grad_tolerance"})
 
 # (model, x [B, D], dataset indices [B] or None, beta, generator or None, noise or None) -> ElboTerms
 Loss = Callable[[VAE, Tensor, Tensor | None, float, torch.Generator | None, StepNoise | None], ElboTerms]
@@ -277,11 +280,13 @@ class Trainer:
         assert self.run_dir is not None
         ckpt = load_checkpoint(self.run_dir, "last", map_location=self.device)
         where, saved = ckpt.path, ckpt.config
-        if (
-            saved.model != self.config.model
-            or saved.prior != self.config.prior
-            or saved.data != self.config.data
-        ):
+        same_prior = (
+            dataclasses.replace(
+                saved.prior, **{k: getattr(self.config.prior, k) for k in RESUMABLE_PRIOR_CHANGES}
+            )
+            == self.config.prior
+        )
+        if saved.model != self.config.model or not same_prior or saved.data != self.config.data:
             raise ExemplarVAEError(f"{where} was trained with a different data/model/prior configuration")
         changed = sorted(
             k for k, v in vars(saved.train).items()
