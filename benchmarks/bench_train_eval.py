@@ -28,9 +28,10 @@ Everything is measured in one run, so that the ratios compare like with like:
 The markdown report is assembled in ``report.py``. With ``--run RUN_DIR`` (default runs/fashion/exemplar
 when it exists) the evaluation uses that trained exemplar model, so the truncation error and the
 certificates are those of a trained model; otherwise an untrained one. Training rows use fresh models
-(cost does not depend on the weights), except the kNN exemplar rows and the official-style step, which
-load that run's weights: the number of exemplars retrieved and re-encoded per step is ~130 for an
-untrained encoder and ~1000 for a trained one.
+(cost does not depend on the weights), except the exemplar rows and the official-style step, which load
+that run's weights: the number of exemplars retrieved and re-encoded per step is ~130 for an untrained
+encoder and ~1000 for a trained one, and the exact prior with a gradient tolerance re-encodes all M while
+the kernel is wide (untrained) and a few thousand with the trained one.
 
 Run (about 5-10 minutes with the defaults on 2 CPU cores; ``--quick`` is a smoke run on tiny sizes):
 

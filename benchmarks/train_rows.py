@@ -77,9 +77,10 @@ def prepare_training(
     and (exact search) ``Trainer.validate()``.
     """
     model, config = fresh_model(prior, args, data, compile)
-    if prior.name == "exemplar" and prior.knn > 0 and args.run is not None:
+    if prior.name == "exemplar" and args.run is not None:
         # the number of exemplars retrieved (and re-encoded) per step depends on the weights: ~130 for an
-        # untrained encoder, ~1000 for a trained one; time the step with the trained run's weights
+        # untrained encoder, ~1000 for a trained one; so does the mass-carrying union of the exact prior
+        # with a gradient tolerance (all M while the kernel is wide); time them with the trained weights
         load_trained_weights(model, args)
     trainer = Trainer(model, data, config, None, progress=False)
     row = TrainRow(config.prior, [], len(trainer.sampler), [])
@@ -197,6 +198,21 @@ def official_log_prior(z: Tensor, centers: Tensor, idx: Tensor, chosen: Tensor, 
     return top[:, 0] + torch.log(torch.exp(log_k - top).sum(1))
 
 
+def official_exact_log_prior(
+    z: Tensor, centers: Tensor, idx: Tensor, chosen: Tensor, log_var: Tensor
+) -> Tensor:
+    """The official code's exact log p(z) over the M drawn exemplars, in float64 (its distances are
+    float64), the squared distances by the matrix-product expansion (the cheapest reading; a broadcast
+    [B, M, d] difference would cost several times more at M = 25,000), each point's own exemplar masked
+    and the mixture divided by the exemplars left: [B, d], [M, d] -> [B] float32."""
+    z64, c64, lv = z.double(), centers.double(), log_var.double()
+    sq = (z64.pow(2).sum(1, keepdim=True) + c64.pow(2).sum(1) - 2 * z64 @ c64.T).clamp_min(0)  # [B, M]
+    log_k = -0.5 * sq / lv.exp() - 0.5 * z.shape[1] * (math.log(2 * math.pi) + lv)
+    own = idx.unsqueeze(1) == chosen.unsqueeze(0)  # [B, M]
+    log_k = log_k.masked_fill(own, float("-inf"))
+    return (torch.logsumexp(log_k, 1) - torch.log((~own).sum(1).double())).float()
+
+
 class OfficialStep:
     """One training step structured as the official code's: M exemplar indices drawn with replacement,
     the batch's encoder means written into a code cache of all N training images, torch pairwise distances
@@ -204,10 +220,12 @@ class OfficialStep:
     loss, and the official AdamNormGrad (each gradient divided by its norm in a loop, then torch's
     per-tensor Adam). ``union`` is the number of exemplars the last step re-encoded."""
 
-    def __init__(self, model: VAE, data: DataSplits, args: argparse.Namespace, m: int, lr: float) -> None:
+    def __init__(
+        self, model: VAE, data: DataSplits, args: argparse.Namespace, m: int, lr: float, knn: int
+    ) -> None:
         assert isinstance(model.prior, ExemplarPrior)
         self.model, self.prior, self.m = model, model.prior, m
-        self.knn, self.batch, self.device = args.knn, args.batch_size, args.device
+        self.knn, self.batch, self.device = knn, args.batch_size, args.device
         self.params = list(model.parameters())
         self.optimizer = torch.optim.Adam(self.params, lr=lr, betas=(0.9, 0.999), eps=1e-8, foreach=False)
         self.train_x = data.train_x.to(args.device)
@@ -225,8 +243,13 @@ class OfficialStep:
         mean, log_var = model.encode(x)  # [B, d]
         z = reparameterize(mean, log_var, torch.randn_like(mean))
         log_px = model.lower_terms(x, z).log_px  # [B]
-        chosen, centers = self.retrieve(idx, mean)
-        log_pz = official_log_prior(z, centers, idx, chosen, self.prior.log_var)
+        if self.knn == 0:  # the exact prior: all M drawn exemplars encoded with gradient, float64 kernel
+            chosen = torch.randint(n, (self.m,), generator=self.gen).to(self.device)  # [M]
+            centers = model.encoder.mean(self.train_x[chosen])  # [M, d] with gradient
+            log_pz = official_exact_log_prior(z, centers, idx, chosen, self.prior.log_var)
+        else:
+            chosen, centers = self.retrieve(idx, mean)
+            log_pz = official_log_prior(z, centers, idx, chosen, self.prior.log_var)
         loss = (-log_px + log_normal_diag(z, mean, log_var) - log_pz).mean()
         self.optimizer.zero_grad()
         loss.backward()
@@ -252,15 +275,16 @@ class OfficialStep:
         return chosen, centers
 
 
-def prepare_official(args: argparse.Namespace, data: DataSplits) -> Stepper:
-    """The official code's retrieval step (``OfficialStep``) on our networks, for a side-by-side time.
-    The trained run's weights are loaded, as for the kNN rows. Warmed up by ``args.warmup`` steps."""
+def prepare_official(args: argparse.Namespace, data: DataSplits, knn: int) -> Stepper:
+    """The official code's retrieval step (``OfficialStep``; ``knn`` = 0: its exact-prior step) on our
+    networks, for a side-by-side time. The trained run's weights are loaded, as for the exemplar rows.
+    Warmed up by ``args.warmup`` steps."""
     m = exemplar_count(args, data)
-    prior_cfg = PriorConfig("exemplar", exemplars=m, knn=args.knn)
+    prior_cfg = PriorConfig("exemplar", exemplars=m, knn=knn)
     model, config = fresh_model(prior_cfg, args, data)
     if args.run is not None:
         load_trained_weights(model, args)
-    step = OfficialStep(model, data, args, m, config.train.lr)
+    step = OfficialStep(model, data, args, m, config.train.lr, knn)
     steps_per_epoch = math.ceil(data.train_x.shape[0] / args.batch_size)
     row = TrainRow(prior_cfg, [], steps_per_epoch, [], label="official-code style")
 
@@ -300,9 +324,9 @@ def bench_training(
         )  # fmt: skip
         extras = prior.name == "exemplar" and prior.knn > 0 and compile == "off"
         steppers.append(prepare_training(prior, args, data, extras, compile))
-    logger.info("training: preparing the official-code style step")
-    steppers.append(prepare_official(args, data))
-    counts = [steps for _, steps, _ in priors] + [args.steps]
+    logger.info("training: preparing the official-code style steps (retrieval, exact)")
+    steppers += [prepare_official(args, data, args.knn), prepare_official(args, data, 0)]
+    counts = [steps for _, steps, _ in priors] + [args.steps, args.exact_steps]
     rates.round_rates = []
     rates.resample()  # the first round's start: after the preparation (loads, refreshes, warm-ups)
     for r in range(args.rounds):

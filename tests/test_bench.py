@@ -102,14 +102,15 @@ def test_quick_helpers_on_digits(
         (PriorConfig("exemplar", exemplars=500, knn=5), 3, "off"),
         (PriorConfig("exemplar", exemplars=500, knn=5, search="ivf", nprobe=4), 3, "off"),
         (PriorConfig("exemplar", exemplars=500, knn=0), 1, "off"),  # fewer steps than rounds
+        (PriorConfig("exemplar", exemplars=500, knn=0, grad_tolerance=1e-3), 1, "off"),
     ]
     rows = train_mod.bench_training(priors, args, digits, rates)  # 2 rounds, interleaved
-    gauss, row, ivf, exact, official = rows
+    gauss, row, ivf, exact, sparse, official, official_exact = rows
     # samples: at start, after preparation (round 1 starts), after round 1, after round 2
     samples = rates.decoder_samples
     assert len(samples) == 4 and rates.round_rates == [max(samples[1:3]), max(samples[2:4])]
     assert rates.decoder_gflops == max(rates.decoder_samples)
-    assert [len(r.step_s) for r in rows] == [3, 3, 3, 1, 2] and row.step_round == [0, 0, 1]
+    assert [len(r.step_s) for r in rows] == [3, 3, 3, 1, 1, 2, 1] and row.step_round == [0, 0, 1]
     assert exact.step_round == [0] and sorted(row.products_s) == [0, 1] and sorted(exact.products_s) == [0]
     shapes = rates_mod.step_products(row, rates, 100)
     # forward + backward = 3x forward, less the first encoder layer's input gradient of both encoder passes
@@ -128,6 +129,9 @@ def test_quick_helpers_on_digits(
     assert any(line.startswith("| official-code style | 10 |") for line in lines)
     assert any("its step divided by ours" in line for line in lines)
     assert any(line.startswith("IVF search") and "recall" in line for line in lines)
+    assert official_exact.prior.knn == 0 and official_exact.union == official_exact.prior.exemplars
+    assert sparse.union is not None and 0 < sparse.union <= 500  # the mass-carrying exemplars of a step
+    assert any("gradient tolerance 0.001" in line and "official-style exact step" in line for line in lines)
 
     eval_model, label = eval_mod.evaluation_model(args, digits)
     res = eval_mod.bench_evaluation(eval_model, label, args, digits, rates)

@@ -1,5 +1,5 @@
 """Compiled evaluation: the compiled decoder terms against the eager ones (both likelihoods), the whole
-evaluation compiled vs eager on the same samples, the "auto" rule, and the fallbacks (no compiler, a
+evaluation compiled vs eager on the same samples, that compiling is opt-in, and the fallbacks (no compiler, a
 compiler that fails) that must give the eager result after one warning.
 
 Tolerances: float32 sums of D log-likelihood terms in another order differ by a few float32 spacings of
@@ -15,7 +15,6 @@ import torch
 
 from exemplar_vae import EvalConfig, ModelConfig, PriorConfig, compiling
 from exemplar_vae.cli.main import main
-from exemplar_vae.evaluation import density
 from exemplar_vae.evaluation.density import decoder_terms, evaluate_density, point_log_likelihoods
 from exemplar_vae.models.build import build_vae
 from exemplar_vae.models.vae import VAE
@@ -77,13 +76,9 @@ def test_evaluation_compiled_equals_eager_on_the_same_samples(run_dir: Path) -> 
     assert close(ll_on, ll_off)
 
 
-def test_auto_compiles_only_large_evaluations(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compiling_is_opt_in() -> None:
     model = small_model(True)
-    config = EvalConfig(samples=1000, compile="auto")
-    assert not decoder_terms(model, config, 9_999).used  # 9,999,000 codes: below the rule
-    monkeypatch.setattr(density, "AUTO_COMPILE_ROWS", 1000)
-    assert decoder_terms(model, config, 1).used
-    assert not decoder_terms(model, EvalConfig(compile="off"), 10**6).used
+    assert EvalConfig().compile == "off" and not decoder_terms(model, EvalConfig(), 10**6).used
     assert decoder_terms(model, EvalConfig(samples=1, compile="on"), 1).used
 
 
@@ -164,10 +159,8 @@ def test_compiled_training_step_matches_eager(tmp_path: Path) -> None:
 
     trainer = Trainer(model, data, config, progress=False, loss=custom)  # type: ignore[arg-type]
     assert trainer.step_loss is custom and trainer.compile_report() is None
-    auto = RunConfig(
-        data=config.data, model=config.model, prior=config.prior, train=TrainConfig(epochs=1, compile="auto")
-    )
-    assert Trainer(model, data, auto, progress=False).compile_report() is None  # 2 steps: not worth it
+    default = RunConfig(data=config.data, model=config.model, prior=config.prior, train=TrainConfig(epochs=1))
+    assert Trainer(model, data, default, progress=False).compile_report() is None  # opt-in
 
 
 def test_train_compile_flag_is_checked(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -184,4 +177,5 @@ def test_train_compile_flag_is_checked(capsys: pytest.CaptureFixture[str], tmp_p
     ]
     assert main(args) == 2
     assert "unknown --compile 'fast'" in capsys.readouterr().err
+    assert main([*args[:-4], "--compile", "auto", "--out", str(tmp_path / "r")]) == 2  # on or off only
     assert not (tmp_path / "r").exists()

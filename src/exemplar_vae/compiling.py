@@ -2,10 +2,10 @@
 
 Inductor fuses the element-wise work around the matrix products (the decoder's gates, the likelihood's
 softplus and its sum) into single loops and removes the per-operation overhead, on CPU (through a C++
-compiler) and on CUDA. Compiling costs seconds per graph, so callers decide where it pays
-(``COMPILE_MODES``: "auto" compiles only work large enough to win back the compile time, see
-docs/speed.md). Compilation is never required: without a C++ compiler (CPU) or when compiling fails, the
-eager function runs, after one warning.
+compiler) and on CUDA. It is opt-in (``COMPILE_MODES``: "on" or "off", the default): on the CPUs
+measured it gained 0-13% and not in every case (docs/speed.md, "Compiled evaluation and training step").
+Compilation is never required: without a C++ compiler (CPU) or when compiling fails, the eager function
+runs, after one warning.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from exemplar_vae.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-COMPILE_MODES = ("auto", "on", "off")
+COMPILE_MODES = ("on", "off")
 
 
 def check_compile_mode(mode: str, flag: str = "--compile") -> str:

@@ -139,9 +139,8 @@ class TrainConfig:
             10 times its lowest 5-step mean, and 10 nats above it, on 5 steps in a row): "stop" (raise
             ``RunFailed``; the CLI exits 1) or "warn" (log a warning and go on). A loss that is not
             finite stops the run either way.
-        compile: "off", "on" (the step's loss, forward and backward, through ``torch.compile``:
-            ``objectives.elbo.CompiledElbo``) or "auto" (on when the run takes enough steps to win back the
-            compile time, ``training.loop.AUTO_COMPILE_STEPS``); without a C++ compiler it runs eagerly.
+        compile: "off" or "on" (the step's loss, forward and backward, through ``torch.compile``:
+            ``objectives.elbo.CompiledElbo``); without a C++ compiler it runs eagerly.
     """
 
     epochs: int = 2000
@@ -236,8 +235,8 @@ class EvalConfig:
             re-scored on the same samples).
         split: "test" or "val".
         limit: score only the first n points of the split (None: all).
-        compile: "auto" (compile the decoder's part of the weights with ``torch.compile`` when the
-            evaluation is large enough to win back the compile time), "on" or "off" (``compiling``).
+        compile: "on": the decoder's part of the weights through ``torch.compile`` (``compiling``);
+            "off" (default): eager.
     """
 
     samples: int = 5000
@@ -251,4 +250,4 @@ class EvalConfig:
     seed: int = 0
     split: str = "test"
     limit: int | None = None
-    compile: str = "auto"
+    compile: str = "off"

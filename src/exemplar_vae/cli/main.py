@@ -29,14 +29,12 @@ from exemplar_vae.cli import ablate, downstream, explain, explore, export, repro
 from exemplar_vae.compiling import COMPILE_MODES
 from exemplar_vae.config import EvalConfig, RunConfig
 from exemplar_vae.errors import ExemplarVAEError
-from exemplar_vae.evaluation.density import AUTO_COMPILE_ROWS
 from exemplar_vae.io import atomic_write_text, write_failed
 from exemplar_vae.models.build import ARCHITECTURES
 from exemplar_vae.priors import PRIORS
 from exemplar_vae.runs import load_run_config
 from exemplar_vae.training.loop import (
     AMP_DTYPES,
-    AUTO_COMPILE_STEPS,
     RESUMABLE_CHANGES,
     RESUMABLE_PRIOR_CHANGES,
 )
@@ -119,9 +117,8 @@ TRAIN_FLAGS: dict[str, tuple[str, str, type, str]] = {
         "train",
         "compile",
         str,
-        "torch.compile the training step's loss, forward and backward: off (default), on, or auto (on for "
-        f"runs of at least {AUTO_COMPILE_STEPS:,} steps); without a C++ compiler it trains eagerly after a "
-        "warning",
+        "on: torch.compile the training step's loss, forward and backward (off: default); without a C++ "
+        "compiler it trains eagerly after a warning",
     ),
 }
 
@@ -262,10 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="at most this fraction of the N exemplars evaluated exactly per test point (default 0.5)",
     )  # fmt: skip
     p.add_argument(
-        "--compile", choices=COMPILE_MODES, default="auto",
-        help="torch.compile the decoder and likelihood: auto (when the evaluation decodes at least "
-        f"{AUTO_COMPILE_ROWS:,} codes, points x samples; default), on, off; without a C++ compiler it "
-        "runs eagerly after a warning",
+        "--compile", choices=COMPILE_MODES, default="off",
+        help="on: torch.compile the decoder and likelihood (off: default); without a C++ compiler it runs "
+        "eagerly after a warning",
     )  # fmt: skip
     p.add_argument(
         "--extra-exemplars", type=Path, default=None, metavar="EXTRA.npz",

@@ -36,20 +36,12 @@ from exemplar_vae.validation import validate_eval
 
 logger = logging.getLogger(__name__)
 
-# compile="auto" compiles the decoder's part of the importance weights when an evaluation decodes at least
-# this many codes (points x samples): compiling costs seconds, and below this count the time it saves on
-# the CPUs measured does not pay for it (docs/speed.md, "Compiled evaluation and training step")
-AUTO_COMPILE_ROWS = 10_000_000
-
 
 def decoder_terms(model: VAE, config: EvalConfig, points: int) -> Compiled:
     """The decoder's part of the importance weights (``objectives.likelihood.chunk_terms_for``), compiled
-    as ``config.compile`` says: "on", "off", or "auto" (when ``points`` x samples reach
-    ``AUTO_COMPILE_ROWS``). A model with latents below z draws them from a generator inside the chunk and
-    is evaluated eagerly."""
-    wanted = config.compile == "on" or (
-        config.compile == "auto" and points * config.samples >= AUTO_COMPILE_ROWS
-    )
+    when ``config.compile`` is "on". A model with latents below z draws them from a generator inside the
+    chunk and is evaluated eagerly."""
+    wanted = config.compile == "on"
     if wanted and model.lower_latents:
         logger.info("the decoder terms of a model with latents below z are not compiled")
         wanted = False

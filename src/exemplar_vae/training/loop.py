@@ -60,10 +60,6 @@ AMP_DTYPES: dict[str, torch.dtype | None] = {"off": None, "bf16": torch.bfloat16
 # what a diverging run does (TrainConfig.divergence, --on-divergence): raise RunFailed, or log a warning
 DIVERGENCE_POLICIES = ("stop", "warn")
 
-# compile="auto" compiles the training step when the run plans at least this many optimiser steps: the
-# compile time (tens of seconds on a CPU, dynamic shapes) is won back only over many steps
-# (docs/speed.md, "Compiled evaluation and training step")
-AUTO_COMPILE_STEPS = 5000
 
 logger = logging.getLogger(__name__)
 
@@ -232,11 +228,7 @@ class Trainer:
         """The loss of the training steps: ``loss`` itself, or (``config.train.compile``, the default
         objective, one process) ``CompiledElbo``. Validation always runs ``loss`` eagerly."""
         t = self.config.train
-        planned = t.epochs * len(self.sampler) if t.max_steps is None else min(
-            t.max_steps, t.epochs * len(self.sampler)
-        )  # fmt: skip
-        wanted = t.compile == "on" or (t.compile == "auto" and planned >= AUTO_COMPILE_STEPS)
-        if not wanted:
+        if t.compile != "on":
             return loss
         if loss is not elbo_terms or self.world_size > 1:
             logger.warning(
