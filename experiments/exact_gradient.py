@@ -43,7 +43,7 @@ from exemplar_vae.config import EvalConfig
 from exemplar_vae.data import dynamic_binarize, load_dataset
 from exemplar_vae.data.datasets import DataSplits
 from exemplar_vae.evaluation import point_log_likelihoods
-from exemplar_vae.functional import log_normal_diag, mass_carrying_components, reparameterize
+from exemplar_vae.functional import mass_carrying_components
 from exemplar_vae.models.vae import VAE
 from exemplar_vae.objectives.elbo import elbo_terms
 from exemplar_vae.pipeline import train
@@ -51,6 +51,9 @@ from exemplar_vae.priors.exemplar import ExemplarPrior
 from exemplar_vae.runs import build_model, load_run
 from exemplar_vae.training import Trainer
 from exemplar_vae.validation import validate
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from train_rows import OfficialStep  # noqa: E402  (the benchmark's modules import each other as siblings)
 
 
 def log(msg: str) -> None:
@@ -148,45 +151,6 @@ def batch_gradient(model: VAE, data: DataSplits, idx: Tensor, seed: int, tol: fl
         prior.grad_tolerance = None
 
 
-class OfficialExactStep:
-    """One training step structured as the official code's exact prior: M exemplar indices drawn with
-    replacement, all M encoded with gradient, a float64 Gaussian kernel with the point's own exemplar
-    masked, the same loss, per-tensor gradient normalisation then Adam."""
-
-    def __init__(self, model: VAE, data: DataSplits, m: int, lr: float, seed: int) -> None:
-        self.model, self.m, self.batch = model, m, 100
-        self.params = list(model.parameters())
-        self.optimizer = torch.optim.Adam(self.params, lr=lr, foreach=False)
-        self.train_x = data.train_store.float()  # [N, D]
-        self.gen = torch.Generator().manual_seed(seed)
-        self.log_var = exemplar_prior(model).log_var
-
-    def __call__(self) -> None:
-        model, n = self.model, self.train_x.shape[0]
-        idx = torch.randint(n, (self.batch,), generator=self.gen)  # [B]
-        x = dynamic_binarize(self.train_x[idx], self.gen)
-        mean, log_var = model.encode(x)  # [B, d]
-        z = reparameterize(mean, log_var, torch.randn(mean.shape, generator=self.gen))
-        log_px = model.lower_terms(x, z).log_px  # [B]
-        ex = torch.randint(n, (self.m,), generator=self.gen)  # [M] with replacement
-        centers = model.encoder.mean(self.train_x[ex]).double()  # [M, d] with gradient
-        z64, lv = z.double(), self.log_var.double()
-        sq = (z64.pow(2).sum(1, keepdim=True) + centers.pow(2).sum(1) - 2 * z64 @ centers.T).clamp_min(0)
-        log_k = -0.5 * sq / lv.exp() - 0.5 * z.shape[1] * (math.log(2 * math.pi) + lv)  # [B, M]
-        own = idx.unsqueeze(1) == ex.unsqueeze(0)  # [B, M]
-        log_k = log_k.masked_fill(own, float("-inf"))
-        log_pz = (torch.logsumexp(log_k, 1) - torch.log((~own).sum(1).double())).float()  # [B]
-        loss = (-log_px + log_normal_diag(z, mean, log_var) - log_pz).mean()
-        self.optimizer.zero_grad()
-        loss.backward()
-        with torch.no_grad():
-            for p in self.params:
-                if p.grad is not None:
-                    p.grad.div_(p.grad.norm() + 1e-7)
-        self.optimizer.step()
-        float(loss.detach())
-
-
 def trainer_step(trainer: Trainer, stats: list[tuple[int, float]]) -> Callable[[], None]:
     """One ``Trainer.step`` per call on the next batch of epoch 1 (the same sequence for every row),
     reading the loss on the host as ``train_epoch`` does; records (|J|, dropped mass) when the option is on."""
@@ -252,9 +216,10 @@ def measure(args: argparse.Namespace) -> str:
                 stats,
             )
         )
-    official = OfficialExactStep(
-        exact_model(run_config, data, state, None)[0], data, m, run_config.train.lr, args.seed
-    )
+    bench = argparse.Namespace(batch_size=100, device=torch.device("cpu"), seed=args.seed)
+    official = OfficialStep(
+        exact_model(run_config, data, state, None)[0], data, bench, m, run_config.train.lr, knn=0
+    )  # the bench's official-code exact step (benchmarks/train_rows.py)
     rows.append(("official-style exact", official, []))
     for name, step, _ in rows:  # warm-up
         log(f"  warm-up: {name}")
