@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from exemplar_vae.errors import ConfigError
+from exemplar_vae.errors import ConfigError, ExemplarVAEError
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +115,9 @@ class Compiled:
         before, start = _graphs_compiled(), time.perf_counter()
         try:
             out = self._compiled(*args)
-        except Exception as err:  # any compiler failure: the eager function gives the result
+        except (torch.OutOfMemoryError, ExemplarVAEError):
+            raise  # the function's own failures, which running it eagerly would repeat
+        except Exception as err:  # a compiler failure: the eager function gives the result
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             self._fall_back(f"compiling failed: {type(err).__name__}: {first[:200]}")
             return self.fn(*args)

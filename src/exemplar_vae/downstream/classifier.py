@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from exemplar_vae.data import DATASETS, DataSplits, as_tensor, canonical_name, load_dataset
+from exemplar_vae.data import DATASETS, DataSplits, as_tensor, canonical_name, fingerprint, load_dataset
 from exemplar_vae.downstream.augment import ExemplarAugmenter, check_output
 from exemplar_vae.errors import ConfigError, DataError
 from exemplar_vae.generation import check_temperature
@@ -246,8 +246,8 @@ class _ResultStore:
             raise ConfigError(f"--work '{folder}' exists and is not a folder")
         self.folder.mkdir(parents=True, exist_ok=True)
         self.settings = {
-            "dataset": data.name, "train_examples": data.num_train, "hidden": int(hidden),
-            "epochs": int(epochs), "lr": float(lr), "batch_size": int(batch_size),
+            "format": 1, "dataset": data.name, "data": fingerprint(data), "train_examples": data.num_train,
+            "hidden": int(hidden), "epochs": int(epochs), "lr": float(lr), "batch_size": int(batch_size),
         }  # fmt: skip
 
     def _path(self, key: str, seed: int) -> Path:
@@ -357,6 +357,12 @@ def compare_augmentation(
     store = _ResultStore(work_dir, data, hidden, epochs, lr, batch_size) if work_dir is not None else None
     baseline: list[dict[str, Any]] = []
     augmented: list[dict[str, Any]] = []
+    # the augmented rows' key: the model (its weights), the augmentation's settings (repr: exact floats)
+    key = (
+        f"augmented-{model_digest(model)}-t{temperature!r}-{output}-w{real_weight!r}"
+        if model is not None
+        else ""
+    )
     for s in seed_list:  # seed by seed, so that an interrupted comparison leaves paired rows
         result = store.get("real", s) if store is not None else None
         if result is None:
@@ -366,7 +372,6 @@ def compare_augmentation(
         baseline.append(result)
         if model is None:
             continue
-        key = f"augmented-{model_digest(model)}-t{temperature:g}-{output}-w{real_weight:g}"
         result = store.get(key, s) if store is not None else None
         if result is None:
             generator = torch.Generator(device=model.device).manual_seed(s)

@@ -37,7 +37,7 @@ from exemplar_vae.validation import validate_eval
 logger = logging.getLogger(__name__)
 
 
-def decoder_terms(model: VAE, config: EvalConfig, points: int) -> Compiled:
+def decoder_terms(model: VAE, config: EvalConfig) -> Compiled:
     """The decoder's part of the importance weights (``objectives.likelihood.chunk_terms_for``), compiled
     when ``config.compile`` is "on". A model with latents below z draws them from a generator inside the
     chunk and is evaluated eagerly."""
@@ -88,7 +88,7 @@ def evaluate_density(
     scoring = PriorScoring(model.prior, model.encoder, config.candidates, config.tolerance, config.budget)
     x = x.to(model.device)
     start = time.perf_counter()
-    terms = decoder_terms(model, config, x.shape[0])
+    terms = decoder_terms(model, config)
     ll, elbo, upper = _score(
         model, x, config, scoring, progress, config.certify and scoring.truncating, terms
     )
@@ -221,7 +221,7 @@ def point_log_likelihoods(
     model.eval()
     model.prior.refresh(model.encoder)
     scoring = PriorScoring(model.prior, model.encoder, config.candidates)
-    terms = decoder_terms(model, config, x.shape[0])
+    terms = decoder_terms(model, config)
     ll, elbo, _ = _score(model, x.to(model.device), config, scoring, progress, False, terms)
     return ll, elbo
 

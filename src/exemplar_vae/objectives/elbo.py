@@ -121,7 +121,8 @@ class CompiledElbo:
             with torch.no_grad():
                 mean, log_var = (full_precision(t) for t in model.encode(x))  # [B, d]
                 z = reparameterize(mean, log_var, noise.z.to(mean.dtype))  # [B, d]
-                plan = model.prior.plan(z, model.encoder, index, generator)
+                with torch.autocast(z.device.type, enabled=False):  # as ``elbo_terms`` runs the prior
+                    plan = model.prior.plan(z, model.encoder, index, generator)
         beta_t = torch.tensor(float(beta), device=x.device)
         terms: ElboTerms = self.compiled(model, x, index, beta_t, noise, plan)
         return terms

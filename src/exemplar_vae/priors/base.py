@@ -63,7 +63,8 @@ class Prior(nn.Module):
         (detached), the inputs they need gathered. ``planned_log_prob`` then computes log p(z) as a pure
         tensor function of z, the networks and the plan, which ``torch.compile`` can fuse
         (``objectives.elbo.CompiledElbo``). Drawn in the order ``log_prob`` draws, so both give the same
-        value. Default: nothing to choose (None)."""
+        value. Default: nothing to choose (None). A prior whose training form draws randomness must
+        override both methods (the default ``planned_log_prob`` calls ``log_prob`` without a generator)."""
         return None
 
     def planned_log_prob(self, z: Tensor, encoder: Encoder, index: Tensor | None, plan: Any) -> Tensor:
