@@ -5,7 +5,9 @@
    minutes (the paper's protocol otherwise: batch 100, lr 5e-4, AdamNormGrad, KL warm-up 10 epochs);
 3. each evaluated on all 10,000 test images with S = 5000 importance samples (the exemplar prior truncated
    to 1000 candidates, its error measured on 10 points);
-4. a markdown table (ms per step, s per epoch, evaluation time, test log-likelihood, log sigma^2, GPU
+4. the trained exemplar model's evaluation (500 test images) and training step, eager against
+   ``--compile on``, with the compile times (``--no-compile`` skips it);
+5. a markdown table (ms per step, s per epoch, evaluation time, test log-likelihood, log sigma^2, GPU
    name, torch version) in OUT/gpu_check.md and OUT/gpu_check.json.
 
 Any error ends it with a non-zero exit after writing what was measured. ``make gpu-check`` runs it; on the
@@ -13,13 +15,16 @@ lent GPU machine see benchmarks/README.md for the command (it needs faiss as a c
 Fashion-MNIST's four files in ``$EXEMPLAR_VAE_DATA/fashion-mnist``).
 
     python benchmarks/gpu_check.py --out results --minutes 1.5
-    python benchmarks/gpu_check.py --out /tmp/x --device cpu --minutes 0.1 --test-limit 200 --samples 100  # dry run
+    python benchmarks/gpu_check.py --out /tmp/x --device cpu --minutes 0.1 --test-limit 200 --samples 100 \
+        --compile-points 20 --compile-steps 3  # dry run
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -64,7 +69,9 @@ def cuda_tests() -> dict[str, Any]:
     }
 
 
-def one_prior(name: str, args: argparse.Namespace, data: Any, work: Path) -> dict[str, Any]:
+def one_prior(
+    name: str, args: argparse.Namespace, data: Any, work: Path
+) -> tuple[dict[str, Any], Any, RunConfig]:
     prior = PriorConfig(name=name, knn=10) if name == "exemplar" else PriorConfig(name=name)
     config = RunConfig(
         data=DataConfig("fashion-mnist"), prior=prior,
@@ -90,7 +97,49 @@ def one_prior(name: str, args: argparse.Namespace, data: Any, work: Path) -> dic
         "eval_seconds": round(eval_s, 1), "test_points": ev["examples"], "samples": ev["samples"],
         "log_likelihood": ev["log_likelihood"], "std_error": ev["log_likelihood_std_error"],
         "truncation_check": ev.get("truncation_check"),
-    }  # fmt: skip
+    }, model, config  # fmt: skip
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def compiled_rows(model: Any, config: RunConfig, data: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """The trained exemplar model's evaluation (``--compile-points`` test images at S) and training step
+    (``--compile-steps`` steps after 3 warm-up steps, which compile) eager and compiled, on the device."""
+    out: dict[str, Any] = {"eval": {}, "train": {}}
+    x = data.test_x[: args.compile_points]
+    for mode in ("off", "on"):
+        sync(args.device)
+        start = time.perf_counter()
+        ev = evaluate_density(model, x, EvalConfig(samples=args.samples, compile=mode), progress=False)
+        sync(args.device)
+        compile_s = ev["compile"]["compile_seconds"]
+        out["eval"][mode] = {
+            "s_per_point": (time.perf_counter() - start - compile_s) / ev["examples"],
+            "compile_seconds": compile_s, "used": ev["compile"]["used"], "log_likelihood": ev["log_likelihood"],
+        }  # fmt: skip
+    for mode in ("off", "on"):
+        cfg = dataclasses.replace(config, train=dataclasses.replace(config.train, compile=mode))
+        trainer = Trainer(model, data, cfg, None, progress=False)
+        model.train()
+        model.prior.refresh(model.encoder)
+        batches = trainer.sampler.batches(1)
+        for i in range(3):
+            trainer.step(batches[i], 1.0, 1, i).tolist()
+        times = []
+        for i in range(3, 3 + args.compile_steps):
+            sync(args.device)
+            start = time.perf_counter()
+            trainer.step(batches[i], 1.0, 1, i).tolist()
+            times.append(time.perf_counter() - start)
+        report = trainer.compile_report() or {"used": False, "compile_seconds": 0.0}
+        out["train"][mode] = {
+            "ms_per_step": 1000 * statistics.median(times), "compile_seconds": report["compile_seconds"],
+            "used": report["used"],
+        }  # fmt: skip
+    return out
 
 
 def table(doc: dict[str, Any]) -> str:
@@ -116,6 +165,22 @@ def table(doc: dict[str, Any]) -> str:
             f"| {r['eval_seconds']} | {r['test_points']:,} x {r['samples']} "
             f"| {r['log_likelihood']:.2f} ± {std_error_text(r['std_error'])} | {lv} |"
         )
+    c = doc.get("compiled")
+    if c:
+        e, t = c["eval"], c["train"]
+        lines += [
+            "",
+            f"Eager against `--compile on` (the trained exemplar model; evaluation of {c['points']} test images "
+            f"at S = {doc['runs'][-1]['samples']}, training step = median of {c['steps']} steps after 3 warm-up "
+            "steps; compile time apart):",
+            "",
+            "| | eager | compiled | speed-up | compile (s) |",
+            "|---|---|---|---|---|",
+            f"| evaluation, s / test point | {e['off']['s_per_point']:.4f} | {e['on']['s_per_point']:.4f} "
+            f"| {e['off']['s_per_point'] / e['on']['s_per_point']:.2f}x | {e['on']['compile_seconds']:.1f} |",
+            f"| training step (k = 10), ms | {t['off']['ms_per_step']:.2f} | {t['on']['ms_per_step']:.2f} "
+            f"| {t['off']['ms_per_step'] / t['on']['ms_per_step']:.2f}x | {t['on']['compile_seconds']:.1f} |",
+        ]
     if doc["errors"]:
         lines += ["", "Errors:", "", "```", *doc["errors"], "```"]
     return "\n".join(lines) + "\n"
@@ -130,6 +195,9 @@ def main() -> int:
     p.add_argument("--samples", type=int, default=5000, help="importance samples per test image")
     p.add_argument("--test-limit", type=int, default=None, help="first n test images (default all)")
     p.add_argument("--skip-tests", action="store_true", help="do not run the CUDA tests")
+    p.add_argument("--compile-points", type=int, default=500, help="test images of the compiled comparison")
+    p.add_argument("--compile-steps", type=int, default=30, help="timed steps of the compiled comparison")
+    p.add_argument("--no-compile", action="store_true", help="skip the eager-vs-compiled comparison")
     args = p.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("error: no CUDA device here; the GPU check runs on a GPU machine", file=sys.stderr)
@@ -147,7 +215,13 @@ def main() -> int:
     try:
         data = load_dataset("fashion-mnist")
         for name in ("gaussian", "exemplar"):
-            doc["runs"].append(one_prior(name, args, data, work))
+            row, model, config = one_prior(name, args, data, work)
+            doc["runs"].append(row)
+        if not args.no_compile:
+            doc["compiled"] = {
+                **compiled_rows(model, config, data, args),
+                "points": min(args.compile_points, data.test_x.shape[0]), "steps": args.compile_steps,
+            }  # fmt: skip
     except Exception:  # noqa: BLE001 - the check reports every failure, then exits non-zero
         doc["errors"].append(traceback.format_exc())
     args.out.mkdir(parents=True, exist_ok=True)
