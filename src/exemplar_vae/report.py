@@ -121,6 +121,10 @@ def results_table(run_dirs: list[str | Path]) -> str:
             if p.name == "exemplar"
             else (f"K={p.components}" if p.name in ("vampprior", "mog") else "-")
         )
+        if p.name == "vampprior" and p.subsample is not None:
+            mk += f", K'={p.subsample} per step"
+        if p.name == "exemplar" and p.grad_tolerance is not None:
+            mk += f", gradient tolerance {p.grad_tolerance:g}"
         extra = ev.get("extra_exemplars", 0)
         train_n = f"{ev.get('train_examples', ev['exemplars'])}" + (f" (+{extra} exemplars)" if extra else "")
         rows.append(
