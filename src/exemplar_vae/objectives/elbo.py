@@ -8,6 +8,7 @@ KL warm-up weight.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
@@ -51,6 +52,21 @@ def elbo_terms(
     Returns:
         ElboTerms.
     """
+    return _single_sample_elbo(
+        model, x, beta, generator, noise, lambda z: model.prior.log_prob(z, model.encoder, index, generator)
+    )
+
+
+def _single_sample_elbo(
+    model: VAE,
+    x: Tensor,
+    beta: float | Tensor,
+    generator: torch.Generator | None,
+    noise: StepNoise | None,
+    log_prior: Callable[[Tensor], Tensor],
+) -> ElboTerms:
+    """The ELBO's terms for one z ~ q(z|x) (noise from ``noise``, else drawn from ``generator``), with
+    log p(z) [B] from ``log_prior`` (z [B, d]); shared by ``elbo_terms`` and ``planned_elbo_terms``."""
     # under mixed precision the networks run in half precision; the densities are computed in float32
     mean, log_var = (full_precision(t) for t in model.encode(x))  # [B, d]
     if noise is None:
@@ -61,7 +77,7 @@ def elbo_terms(
     lower_noise = noise.lower if noise is not None else None
     lower = model.lower_terms(x, z, generator, lower_noise)  # log p(x|...) [B], KL of the layers below z [B]
     with torch.autocast(z.device.type, enabled=False):  # mixture sums and retrieval stay float32
-        log_pz = model.prior.log_prob(z, model.encoder, index, generator)  # [B]
+        log_pz = log_prior(z)  # [B]
     rec = -lower.log_px  # [B]
     kl = log_normal_diag(z, mean, log_var) - log_pz + lower.kl_lower
     return ElboTerms(loss=(rec + beta * kl).mean(), rec=rec, kl=kl, elbo=-(rec + kl))
@@ -73,14 +89,9 @@ def planned_elbo_terms(
     """``elbo_terms`` with the prior's choices made ahead (``Prior.plan``): a pure tensor function of the
     inputs, the noise, the plan and the networks, which ``torch.compile`` can trace whole, forward and
     backward. ``beta`` is a tensor so that the KL warm-up does not recompile it every epoch."""
-    mean, log_var = (full_precision(t) for t in model.encode(x))  # [B, d]
-    z = reparameterize(mean, log_var, noise.z.to(mean.dtype))  # [B, d]
-    lower = model.lower_terms(x, z, None, noise.lower)  # [B] each
-    with torch.autocast(z.device.type, enabled=False):  # mixture sums stay float32
-        log_pz = model.prior.planned_log_prob(z, model.encoder, index, plan)  # [B]
-    rec = -lower.log_px
-    kl = log_normal_diag(z, mean, log_var) - log_pz + lower.kl_lower
-    return ElboTerms(loss=(rec + beta * kl).mean(), rec=rec, kl=kl, elbo=-(rec + kl))
+    return _single_sample_elbo(
+        model, x, beta, None, noise, lambda z: model.prior.planned_log_prob(z, model.encoder, index, plan)
+    )
 
 
 class CompiledElbo:

@@ -19,7 +19,7 @@ Training forms (Norouzi et al. 2020, Sec. 3):
 * retrieval augmented training (k > 0): the k codes nearest to each z among the M-subset are found in a
   cache of all exemplar codes (refreshed by the training loop, stale within an epoch); the union of the
   retrieved exemplars is re-encoded with gradient, and log p(z) is the mixture over that union with the
-  exact mixture's weight 1/(M - #left out) (``knn_lower_bound``). All terms are positive, so this is a
+  exact mixture's weight 1/(M - #left out) (``ExemplarPrior.knn_log_prob``). All terms are positive, so this is a
   lower bound on the exact subsampled leave-one-out log p(z); it is equal when the union covers the subset.
 
 At evaluation (``prior.eval()``) the prior is the whole exemplar set, without leave-one-out, computed
@@ -176,19 +176,6 @@ def exemplar_mixture_log_prob(
     return masked_log_mean_exp(log_k, mask, count).to(z.dtype)
 
 
-def knn_lower_bound(
-    z: Tensor, centers: Tensor, union: Tensor, log_var: Tensor, count: Tensor, index: Tensor | None = None
-) -> Tensor:
-    """The retrieval bound on the subsampled prior: the mixture over the retrieved union only, with the
-    full subset's weight 1 / count.
-
-    Every dropped term is positive, so the value is at most the exact mixture over the subset, and equal
-    when the union covers it. Arguments as ``exemplar_mixture_log_prob`` (``centers`` [U, d], ``union``
-    [U] dataset indices); returns [B].
-    """
-    return exemplar_mixture_log_prob(z, centers, union, log_var, count, index)
-
-
 class ExemplarPlan(NamedTuple):
     """A training step's exemplars, chosen without gradient (``ExemplarPrior.plan``)."""
 
@@ -316,17 +303,10 @@ class ExemplarPrior(Prior):
         """The indices leave-one-out masks, or None when nothing is masked."""
         return index if self.leave_one_out else None
 
-    def encode_with_grad(self, encoder: Encoder, ids: Tensor) -> Tensor:
-        """mu_phi of the exemplars ``ids`` [J] with gradient: [J, d]. In a distributed run every rank
-        passes the same ids, encodes its shard and the codes are gathered with autograd, so each
-        exemplar is encoded once and receives the gradient of every rank's loss."""
-        mine = distributed.shard(ids)  # [J / W] this rank's part
-        return distributed.gather_rows_with_grad(encoder.mean(self.gather(mine)))  # [J, d]
-
     @torch.no_grad()
     def encode_without_grad(self, encoder: Encoder, ids: Tensor, chunk: int = 8192) -> Tensor:
         """mu_phi of the exemplars ``ids`` [J] without gradient, ``chunk`` rows at a time: [J, d]. The
-        encoder keeps its mode (the same function as ``encode_with_grad``); in a distributed run every rank
+        encoder keeps its mode (the function ``planned_log_prob`` applies with gradient); in a distributed run every rank
         passes the same ids, encodes its shard and the codes are gathered."""
         mine = distributed.shard(ids)  # [J / W] this rank's part
         codes = [encoder.mean(self.gather(part)) for part in mine.split(chunk)] if mine.numel() else []
@@ -449,7 +429,8 @@ class ExemplarPrior(Prior):
         self, z: Tensor, encoder: Encoder, index: Tensor | None, subset: Tensor | Subset
     ) -> Tensor:
         """Retrieval lower bound on ``exact_log_prob``: the mixture over the retrieved union only, with
-        the full subset's weight (``knn_lower_bound``)."""
+        the full subset's weight 1 / (M - #left out). Every dropped term is positive, so the value is at
+        most the exact mixture over the subset, and equal when the union covers it."""
         plan = self._dense_plan(self.retrieve(z.detach(), index, subset), index, subset)
         return self.planned_log_prob(z, encoder, index, plan)
 
