@@ -16,6 +16,8 @@ import dataclasses
 import itertools
 import math
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -367,52 +369,22 @@ def test_cli_flag_and_old_configs(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 
 # -- two processes ---------------------------------------------------------------------------------------
-def _two_process_worker(rank: int, init: str, out: str) -> None:
-    """Rank ``rank`` of 2 (gloo): its share of the batch through the sparse-gradient prior, gradients summed
-    over ranks; rank 0 saves the gradients, the union and the neglected mass."""
-    import torch.distributed as dist
-
-    from exemplar_vae import distributed
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
-    try:
-        encoder, prior, subset, index, z = setup(0.01, log_var=-3.0, seed=3)
-        rows = distributed.shard(torch.arange(B))
-        zz = z[rows].clone().requires_grad_(True)
-        unions: list[Tensor] = []
-        find = prior.mass_carrying_union
-
-        def recorded(resp: Tensor, tolerance: float) -> tuple[Tensor, Tensor]:
-            found = find(resp, tolerance)
-            unions.append(found[0])
-            return found
-
-        prior.mass_carrying_union = recorded  # type: ignore[method-assign]
-        (-prior.exact_log_prob_sparse_grad(zz, encoder, index[rows], subset, 0.01).sum()).backward()
-        params = [prior.log_var, *encoder.parameters()]
-        distributed.all_reduce_gradients(params)
-        grads = [zz.grad, *(p.grad for p in params)]
-        torch.save(
-            {"grads": grads, "rows": rows, "union": unions[0], "metrics": prior.extra_metrics()},
-            out + str(rank),
-        )
-    finally:
-        dist.destroy_process_group()
+WORKER = Path(__file__).with_name("exact_gradient_worker.py")
 
 
 def test_two_processes_compute_what_one_process_computes(tmp_path: Path) -> None:
+    """A torchrun launch of two gloo processes (the path `train` takes), each with its share of the batch."""
     import torch.distributed as dist
-    import torch.multiprocessing as mp
 
     if not (dist.is_available() and dist.is_gloo_available()):
         pytest.skip("needs torch.distributed with gloo")
     out = tmp_path / "two.pt"
-    env = {k: os.environ.pop(k) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK") if k in os.environ}
-    try:
-        mp.spawn(_two_process_worker, args=(f"file://{tmp_path / 'store'}", str(out)), nprocs=2, join=True)
-    finally:
-        os.environ.update(env)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(var, None)
+    run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    proc = subprocess.run([*run, str(WORKER), str(out)], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
     ranks = [torch.load(f"{out}{r}", weights_only=False) for r in range(2)]
     encoder, prior, subset, index, z = setup(0.01, log_var=-3.0, seed=3)
     _, one, union = our_gradients(encoder, prior, z, index, subset, 0.01)
