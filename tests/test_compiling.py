@@ -221,3 +221,42 @@ def test_real_failures_are_not_taken_for_compiler_failures(monkeypatch: pytest.M
     with pytest.raises(DataError, match="the inputs are wrong"):
         fn(torch.ones(1))
     assert fn.used and "fallback" not in fn.report()
+
+
+@pytest.mark.parametrize(
+    ("prior", "reads"),
+    [
+        (PriorConfig(name="gaussian"), False),
+        (PriorConfig(name="mog", components=5), False),
+        (PriorConfig(name="vampprior", components=6, subsample=3), False),
+        (PriorConfig(knn=0, exemplars=40), False),
+        (PriorConfig(knn=3, exemplars=40), True),
+        (PriorConfig(knn=0, exemplars=40, grad_tolerance=1e-3), True),
+    ],
+    ids=["gaussian", "mog", "vampprior-subsampled", "exact", "knn", "exact-tolerance"],
+)
+def test_the_planned_step_encodes_the_batch_again_only_when_the_plan_reads_codes(
+    prior: PriorConfig, reads: bool
+) -> None:
+    """The plan-then-score step gives ``elbo_terms``' values exactly (same draws); it encodes the batch a
+    second time, without gradient, only for a prior whose choices depend on the codes."""
+    from exemplar_vae.objectives.elbo import CompiledElbo, elbo_terms
+
+    torch.manual_seed(0)
+    exemplars = torch.rand(64, D).round()
+    model = build_vae(ModelConfig(hidden=24, latent_dim=4), prior, exemplars, SHAPE)
+    model.train()
+    model.prior.refresh(model.encoder)
+    assert model.prior.plan_reads_codes is reads
+    x, index = exemplars[:12], torch.arange(12)
+    calls: list[int] = []
+    model.encoder.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    noise = model.draw_noise(12, torch.Generator().manual_seed(1))
+    a = elbo_terms(model, x, index, 0.5, torch.Generator().manual_seed(2), noise)
+    eager_calls, calls[:] = list(calls), []
+    b = CompiledElbo(model, enabled=False)(model, x, index, 0.5, torch.Generator().manual_seed(2), noise)
+    assert torch.equal(a.kl, b.kl) and torch.equal(a.rec, b.rec) and torch.equal(a.loss, b.loss)
+    assert calls.count(12) == eager_calls.count(12) + (1 if reads else 0)
+    if reads:
+        with pytest.raises(ValueError, match="pass them to plan"):
+            model.prior.plan(None, model.encoder, index, None)

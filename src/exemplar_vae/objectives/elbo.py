@@ -97,11 +97,12 @@ def planned_elbo_terms(
 class CompiledElbo:
     """The training step's ``elbo_terms`` with its tensor work compiled (``compiling.Compiled``).
 
-    A call first encodes the batch without gradient to make the prior's choices (``Prior.plan``: the
-    subset, the retrieved neighbours, in the order ``elbo_terms`` draws them, so the values are the same),
-    then runs ``planned_elbo_terms`` compiled, with dynamic shapes (the retrieved union changes size every
-    step). The extra encoder pass costs B rows, small beside the union's re-encoding it lets the compiler
-    fuse. Without a compiler, or if compiling fails, the same functions run eagerly.
+    A call first makes the prior's choices without gradient (``Prior.plan``: the subset, the retrieved
+    neighbours, in the order ``elbo_terms`` draws them, so the values are the same), then runs
+    ``planned_elbo_terms`` compiled, with dynamic shapes (the retrieved union changes size every step).
+    Where the choices depend on the codes (``Prior.plan_reads_codes``: retrieval, the mass-carrying
+    exemplars) the batch is first encoded without gradient: B extra encoder rows, small beside the union's
+    re-encoding it lets the compiler fuse; other priors skip that pass. Without a compiler, or if compiling fails, the same functions run eagerly.
 
     Args:
         model: the VAE it is built for (the compiled graph is specialised to it).
@@ -130,9 +131,11 @@ class CompiledElbo:
         plan = None
         if model.prior.training:
             with torch.no_grad():
-                mean, log_var = (full_precision(t) for t in model.encode(x))  # [B, d]
-                z = reparameterize(mean, log_var, noise.z.to(mean.dtype))  # [B, d]
-                with torch.autocast(z.device.type, enabled=False):  # as ``elbo_terms`` runs the prior
+                z = None
+                if model.prior.plan_reads_codes:  # retrieval: the codes the step will see, without gradient
+                    mean, log_var = (full_precision(t) for t in model.encode(x))  # [B, d]
+                    z = reparameterize(mean, log_var, noise.z.to(mean.dtype))  # [B, d]
+                with torch.autocast(x.device.type, enabled=False):  # as ``elbo_terms`` runs the prior
                     plan = model.prior.plan(z, model.encoder, index, generator)
         beta_t = torch.tensor(float(beta), device=x.device)
         terms: ElboTerms = self.compiled(model, x, index, beta_t, noise, plan)

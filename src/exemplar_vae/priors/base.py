@@ -55,8 +55,14 @@ class Prior(nn.Module):
         """
         raise NotImplementedError
 
+    @property
+    def plan_reads_codes(self) -> bool:
+        """Whether ``plan`` looks at the codes z (retrieval, the mass-carrying exemplars); when it does not,
+        the compiled step skips encoding the batch for it and passes None. Default: False."""
+        return False
+
     def plan(
-        self, z: Tensor, encoder: Encoder, index: Tensor | None, generator: torch.Generator | None
+        self, z: Tensor | None, encoder: Encoder, index: Tensor | None, generator: torch.Generator | None
     ) -> Any:
         """The training step's random and data-dependent choices, made without gradient: a subset of
         exemplars or pseudo-inputs drawn from ``generator``, neighbours retrieved for the codes ``z`` [B, d]

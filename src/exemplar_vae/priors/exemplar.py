@@ -339,8 +339,13 @@ class ExemplarPrior(Prior):
             positions,
         )  # fmt: skip
 
+    @property
+    def plan_reads_codes(self) -> bool:
+        """In training with retrieval (k > 0) or a gradient tolerance, the step's exemplars depend on z."""
+        return self.training and (self.knn > 0 or self.grad_tolerance is not None)
+
     def plan(
-        self, z: Tensor, encoder: Encoder, index: Tensor | None, generator: torch.Generator | None
+        self, z: Tensor | None, encoder: Encoder, index: Tensor | None, generator: torch.Generator | None
     ) -> ExemplarPlan | None:
         """The step's exemplars (``Prior.plan``): the subset drawn from ``generator``, then the union
         retrieved for the codes z (k > 0), all M (exact), or the mass-carrying union (exact with
@@ -349,13 +354,15 @@ class ExemplarPrior(Prior):
             return None
         if self.leave_one_out and index is None:
             raise ValueError("leave-one-out training needs the dataset index of every point")
-        z = z.detach()
+        if z is None and self.plan_reads_codes:
+            raise ValueError("this exemplar prior chooses its exemplars from the codes z: pass them to plan")
         subset = self.draw_subset(generator)
+        if z is None or not self.plan_reads_codes:  # exact: all M of the subset
+            return self._dense_plan(self._members(subset), index, subset)
         if self.knn > 0:
-            return self._dense_plan(self.retrieve(z, index, subset), index, subset)
-        if self.grad_tolerance is not None:
-            return self._sparse_plan(z, encoder, index, subset, self.grad_tolerance)
-        return self._dense_plan(self._members(subset), index, subset)
+            return self._dense_plan(self.retrieve(z.detach(), index, subset), index, subset)
+        assert self.grad_tolerance is not None  # plan_reads_codes
+        return self._sparse_plan(z.detach(), encoder, index, subset, self.grad_tolerance)
 
     def planned_log_prob(
         self, z: Tensor, encoder: Encoder, index: Tensor | None, plan: ExemplarPlan | None

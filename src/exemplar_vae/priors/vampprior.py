@@ -87,7 +87,7 @@ class VampPrior(Prior):
         return self.planned_log_prob(z, encoder, index, self.plan(z, encoder, index, generator))
 
     def plan(
-        self, z: Tensor, encoder: Encoder, index: Tensor | None, generator: torch.Generator | None
+        self, z: Tensor | None, encoder: Encoder, index: Tensor | None, generator: torch.Generator | None
     ) -> Tensor | None:
         """In training mode with ``subsample``: the [K'] distinct pseudo-inputs of this step; else None."""
         if self.training and self.subsample is not None:
