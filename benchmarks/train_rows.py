@@ -110,22 +110,31 @@ def prepare_training(
 
 
 def step_timer(trainer: Trainer) -> Callable[[int], list[float]]:
-    """``run(n)``: n + 1 steps on the first batches of an epoch, returning the n intervals between the
-    ends of consecutive steps (the first step only starts the clock, so no row is timed cold after another
-    row ran). An interval is one full iteration of ``Trainer.train_epoch``'s loop: ``Trainer.step``
-    (binarise, forward, backward, normalise, Adam) and reading the batch's loss terms, which waits for the
-    device. The steps run inside one epoch: the cache refresh that starts an epoch is timed apart."""
+    """``run(n)``: n + 1 steps on the next batches of the epoch, returning the n intervals between the ends
+    of consecutive steps (the first step only starts the clock, so no row is timed cold after another row
+    ran). An interval is one full iteration of ``Trainer.train_epoch``'s loop: ``Trainer.step`` (binarise,
+    forward, backward, normalise, Adam) and reading the batch's loss terms, which waits for the device.
+
+    Each call continues where the last one stopped (into the next epoch's batches after the last), as a
+    run does and as the official-code-style rows draw fresh batches: repeating the same few batches trains
+    the model on them, and on trained weights the exact prior's backward then fills with subnormal floats
+    and slows step after step. The cache refresh that starts an epoch is timed apart."""
+    state = {"epoch": 1, "step": 0}
+    batches = trainer.sampler.batches(1)
 
     def run(n: int) -> list[float]:
-        batches = trainer.sampler.batches(1)
-        if len(batches) < n + 1:
-            raise SystemExit(f"asked for {n + 1} batches but an epoch has only {len(batches)}")
+        nonlocal batches
         trainer.model.train()
         stamps: list[float] = []
-        for i, idx in enumerate(batches[: n + 1]):
-            sums = trainer.step(idx, beta=1.0, epoch=1, step=i)  # [4] the batch's loss sums
+        for _ in range(n + 1):
+            if state["step"] == len(batches):
+                state["epoch"], state["step"] = state["epoch"] + 1, 0
+                batches = trainer.sampler.batches(state["epoch"])
+            i = state["step"]
+            sums = trainer.step(batches[i], beta=1.0, epoch=state["epoch"], step=i)  # [4] loss sums
             sums.tolist()  # read on the host, as train_epoch reads each step's loss
             stamps.append(time.perf_counter())
+            state["step"] += 1
         return [b - a for a, b in zip(stamps[:-1], stamps[1:], strict=True)]  # [n]
 
     return run
