@@ -94,7 +94,7 @@ def argument_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=30, help="timed training steps per prior (default 30)")
     p.add_argument(
-        "--exact-steps", type=int, default=3, help="timed steps for the exact exemplar prior (default 3)"
+        "--exact-steps", type=int, default=12, help="timed steps for the exact exemplar prior (default 12)"
     )
     p.add_argument("--warmup", type=int, default=3, help="untimed warm-up steps per prior (default 3)")
     p.add_argument(

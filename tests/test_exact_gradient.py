@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
+import json
 import math
 import os
 import subprocess
@@ -366,6 +367,37 @@ def test_cli_flag_and_old_configs(tmp_path: Path, capsys: pytest.CaptureFixture[
     err = capsys.readouterr().err
     assert err.startswith("error: --grad-tolerance applies to the exact prior") and err.count("\n") == 1
     assert not (tmp_path / "r" / "config.json").exists()
+
+
+def test_the_tolerance_can_be_switched_on_and_off_at_resume(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--resume --grad-tolerance 1e-3`` switches the option on part-way, ``--grad-tolerance off`` back to
+    all M with gradient; the checkpoint's config records the change and a bad value is refused in one line."""
+    out = tmp_path / "r"
+    base = ["-q", "train", "--dataset", "digits", "--hidden", "16", "--latent-dim", "4", "--knn", "0",
+            "--exemplars", "200", "--epochs", "3", "--warmup", "1", "--early-stopping", "0", "--out", str(out)]  # fmt: skip
+
+    resume = ["-q", "train", "--out", str(out), "--resume"]
+
+    def run(*args: str) -> list[dict[str, Any]]:
+        assert main(list(args)) == 0
+        capsys.readouterr()
+        records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        return [r for r in records if "train_loss" in r]
+
+    first = run(*base, "--epochs", "1")
+    assert "grad_exemplars" not in first[-1]
+    on = run(*resume, "--epochs", "2", "--grad-tolerance", "1e-3")
+    assert 1 <= on[-1]["grad_exemplars"] <= 200 and on[-1]["grad_neglected_mass"] <= 1e-3
+    assert json.loads((out / "config.json").read_text())["prior"]["grad_tolerance"] == 1e-3
+    off = run(*resume, "--epochs", "3", "--grad-tolerance", "off")
+    assert len(off) == 3 and "grad_exemplars" not in off[-1]
+    assert json.loads((out / "config.json").read_text())["prior"]["grad_tolerance"] is None
+    with pytest.raises(SystemExit) as exit_:  # argparse: the usage line, then the error
+        main([*resume, "--grad-tolerance", "tiny"])
+    assert exit_.value.code == 2
+    assert "argument --grad-tolerance: expected a number or off, got 'tiny'" in capsys.readouterr().err
 
 
 # -- two processes ---------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import errno
 import json
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,21 @@ from exemplar_vae.training.loop import (
 
 logger = logging.getLogger("exemplar_vae")
 
-# CLI flag -> (config section, field); None defaults mean "not given: keep the config's value".
-TRAIN_FLAGS: dict[str, tuple[str, str, type, str]] = {
+OFF = "off"  # a flag value that switches an optional setting off (its config value None)
+
+
+def _tolerance(text: str) -> float | str:
+    """--grad-tolerance: a number, or "off" (at --resume, back to all M exemplars with gradient)."""
+    if text == OFF:
+        return OFF
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or off, got {text!r}") from None
+
+
+# CLI flag -> (config section, field, parser, help); None defaults mean "not given: keep the config's value".
+TRAIN_FLAGS: dict[str, tuple[str, str, Callable[[str], Any], str]] = {
     "--dataset": (
         "data",
         "dataset",
@@ -74,10 +88,10 @@ TRAIN_FLAGS: dict[str, tuple[str, str, type, str]] = {
     "--grad-tolerance": (
         "prior",
         "grad_tolerance",
-        float,
+        _tolerance,
         "exact prior (--knn 0): encode the M exemplars without gradient and re-encode with gradient only "
         "those carrying all but this much of each point's responsibility, e.g. 1e-3 (same value; the encoder "
-        "gradient through the others is left out; default: all M with gradient)",
+        "gradient through the others is left out; off: all M with gradient, the default)",
     ),
     "--subsample": (
         "prior",
@@ -365,7 +379,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     for flag, (section, name, _, _) in TRAIN_FLAGS.items():
         value = getattr(args, _dest(flag))
         if value is not None:
-            given[section][name] = value
+            given[section][name] = None if value == OFF else value
     if args.no_leave_one_out:
         given["prior"]["leave_one_out"] = False
     if args.binarize is not None:
