@@ -10,8 +10,7 @@ from __future__ import annotations
 import sys
 
 import torch
-from test_exact_gradient import B, setup
-from torch import Tensor
+from test_exact_gradient import B, our_gradients, setup
 
 from exemplar_vae import distributed
 
@@ -22,22 +21,10 @@ def main(out: str) -> None:
     try:
         encoder, prior, subset, index, z = setup(0.01, log_var=-3.0, seed=3)
         rows = distributed.shard(torch.arange(B))
-        zz = z[rows].clone().requires_grad_(True)
-        unions: list[Tensor] = []
-        find = prior.mass_carrying_union
-
-        def recorded(resp: Tensor, tolerance: float) -> tuple[Tensor, Tensor]:
-            found = find(resp, tolerance)
-            unions.append(found[0])
-            return found
-
-        prior.mass_carrying_union = recorded  # type: ignore[method-assign]
-        (-prior.exact_log_prob_sparse_grad(zz, encoder, index[rows], subset, 0.01).sum()).backward()
-        params = [prior.log_var, *encoder.parameters()]
-        distributed.all_reduce_gradients(params)
-        grads = [zz.grad, *(p.grad for p in params)]
+        _, grads, union = our_gradients(encoder, prior, z[rows], index[rows], subset, 0.01)
+        distributed.all_reduce_gradients([prior.log_var, *encoder.parameters()])  # grads[1:] share storage
         torch.save(
-            {"grads": grads, "rows": rows, "union": unions[0], "metrics": prior.extra_metrics()},
+            {"grads": grads, "rows": rows, "union": union, "metrics": prior.extra_metrics()},
             out + str(launch.rank),
         )
         distributed.barrier()
