@@ -62,7 +62,7 @@ gpu-check: setup data
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks experiments
 	$(VENV)/bin/ruff format --check src tests benchmarks experiments
-	$(VENV)/bin/mypy src --ignore-missing-imports
+	$(VENV)/bin/mypy src benchmarks experiments --ignore-missing-imports
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

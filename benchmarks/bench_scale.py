@@ -54,6 +54,7 @@ def shifted_images(n: int, path: Path) -> Path:
     if path.is_file() and np.load(path, mmap_mode="r").shape[0] >= n:
         return path
     train = load_dataset("fashion-mnist")
+    assert isinstance(train.train_x, torch.Tensor) and train.val_grey is not None  # in memory, grey
     base = np.concatenate([train.train_x.numpy(), train.val_grey.numpy()])  # [60000, 784] grey
     base = np.rint(base * 255).astype(np.uint8).reshape(-1, 28, 28)
     if n > base.shape[0] * (1 + len(SHIFTS)):
@@ -144,6 +145,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     prior.refresh(model.encoder)  # the next epoch's cache (new weights), then its warm index
     prior.searcher.index(prior.cache.get())
     warm_s = prior.searcher.last_build_seconds
+    assert warm_s is not None  # the index was just built
     start = time.perf_counter()
     trainer.validate()  # refreshes the cache for the current weights, then the full prior on 10k images
     validate_s = time.perf_counter() - start - refresh_s

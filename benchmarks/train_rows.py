@@ -237,6 +237,7 @@ class OfficialStep:
         self.knn, self.batch, self.device = knn, args.batch_size, args.device
         self.params = list(model.parameters())
         self.optimizer = torch.optim.Adam(self.params, lr=lr, betas=(0.9, 0.999), eps=1e-8, foreach=False)
+        assert isinstance(data.train_x, Tensor)  # the benchmark's data is in memory
         self.train_x = data.train_x.to(args.device)
         with torch.no_grad():
             model.eval()

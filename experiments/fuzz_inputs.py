@@ -186,8 +186,8 @@ def random_array(rng: random.Random) -> np.ndarray:
     if dtype.kind in "ui":
         low, high = (0, 256) if rng.random() < 0.7 else (-300, 300)
         info = np.iinfo(dtype)
-        values = nprng.integers(max(low, info.min), min(high, int(info.max) + 1), size=size)
-        return values.astype(dtype).reshape(shape)
+        ints = nprng.integers(max(low, info.min), min(high, int(info.max) + 1), size=size)
+        return ints.astype(dtype).reshape(shape)
     if dtype.kind == "f":
         values = nprng.random(size) * rng.choice([1.0, 1.0, 2.0, 255.0]) - rng.choice([0.0, 0.0, 0.5])
         if size and rng.random() < 0.2:
