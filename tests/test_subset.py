@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import math
 import random
+import tracemalloc
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor
@@ -14,7 +16,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from exemplar_vae.errors import ConfigError
-from exemplar_vae.priors.subset import KeyedSubset, _mul32, subset_key
+from exemplar_vae.priors.subset import _HASH_MUL1, _HASH_MUL2, KeyedSubset, _hash32, _splitmix64, subset_key
 
 # --- chi-square quantiles ---
 
@@ -56,13 +58,65 @@ def test_wilson_hilferty_matches_known_quantiles() -> None:
 # --- arithmetic ---
 
 
-def test_mul32_is_exact_modular_product() -> None:
+M32 = 0xFFFFFFFF
+
+
+def reference_hash32(x: int) -> int:
+    """lowbias32 in Python integers."""
+    x ^= x >> 16
+    x = (x * _HASH_MUL1) & M32
+    x ^= x >> 15
+    x = (x * _HASH_MUL2) & M32
+    return x ^ (x >> 16)
+
+
+def reference_permute(n: int, key: int, rounds: int, i: int, inverse: bool = False) -> int:
+    """pi(i) (or pi^{-1}(i)) of the module docstring, in Python integers: round keys by splitmix64, a
+    balanced Feistel network on 2h bits with F(R) = top h bits of hash32(hash32(R ^ k0) ^ k1),
+    cycle-walked into [0, n)."""
+    bits = max(2, (n - 1).bit_length())
+    h = (bits + bits % 2) // 2
+    keys, state = [], key
+    for _ in range(rounds):
+        state = (state + 0x9E3779B97F4A7C15) & (2**64 - 1)
+        z = _splitmix64(state)
+        keys.append((z & M32, z >> 32))
+
+    def f(r: int, k: tuple[int, int]) -> int:
+        return reference_hash32(reference_hash32(r ^ k[0]) ^ k[1]) >> (32 - h)
+
+    v = i
+    while True:
+        left, right = v >> h, v & ((1 << h) - 1)
+        for k in reversed(keys) if inverse else keys:
+            if inverse:
+                left, right = right ^ f(left, k), left
+            else:
+                left, right = right, left ^ f(right, k)
+        v = (left << h) | right
+        if v < n:
+            return v
+
+
+def test_hash32_is_the_python_integer_hash() -> None:
     rng = random.Random(0)
     xs = [rng.getrandbits(32) for _ in range(2000)] + [0, 1, 2**31 - 1, 2**31, 2**32 - 1]
-    x = torch.tensor(xs, dtype=torch.int64)
-    for c in (1, 0x7FEB352D, 0x846CA68B, 2**31, 2**32 - 1, rng.getrandbits(32)):
-        assert _mul32(x, c).tolist() == [(v * c) & 0xFFFFFFFF for v in xs]
+    x = np.array(xs, dtype=np.uint32)
+    assert _hash32(x).tolist() == [reference_hash32(v) for v in xs]
     assert x.tolist() == xs  # the input is not modified in place
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 1000, 50_000, 65_537, 2**62])
+@pytest.mark.parametrize("rounds", [1, 6])
+def test_permutation_is_the_python_integer_reference(n: int, rounds: int) -> None:
+    rng = random.Random(n + rounds)
+    key = rng.getrandbits(63)
+    subset = KeyedSubset(n, min(n, 40), key, rounds)
+    ids = [rng.randrange(n) for _ in range(40)]
+    t = torch.tensor(ids, dtype=torch.int64)
+    assert subset.permute(t).tolist() == [reference_permute(n, key, rounds, i) for i in ids]
+    assert subset.inverse(t).tolist() == [reference_permute(n, key, rounds, i, inverse=True) for i in ids]
+    assert subset.members().tolist() == [reference_permute(n, key, rounds, i) for i in range(min(n, 40))]
 
 
 # --- bijection ---
@@ -370,8 +424,16 @@ def test_contains_work_is_proportional_to_the_batch() -> None:
     n, m = 10**6, 5 * 10**5
     subset = KeyedSubset(n, m, key=subset_key(0, 0, 0))
     ids = torch.randint(0, n, (1_100,), generator=torch.Generator().manual_seed(0))
-    with _LargestTensor() as probe:
+    subset.contains(ids[:10])  # first-call allocations (numpy, torch) out of the measurement
+    with _LargestTensor() as probe:  # sees torch's tensors
         inside = subset.contains(ids)
+    tracemalloc.start()  # sees numpy's allocations (the network runs in numpy), not torch's
+    try:
+        subset.contains(ids)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
     assert inside.shape == (1_100,) and inside.dtype == torch.bool
     assert 0 < probe.largest <= 1_100  # no O(N) tensor was made
+    assert peak < 200 * 1_100  # bytes: a few arrays of the batch's size; an [N] int64 array is 8 MB
     assert 400 < int(inside.sum()) < 700  # about half of the ids are members

@@ -22,14 +22,19 @@ the same cycle backwards. Since 2^(2h) < 4N the expected number of walks is belo
 
 The round keys come from the 63-bit key through splitmix64 (in Python integers, masked to 64 bits). F
 mixes the h-bit R with two 32-bit round-key words through two rounds of a multiply-xorshift hash on 32
-bits and keeps its top h bits. The tensor arithmetic never leaves [0, 2^63): torch's int64 products wrap
-and ``>>`` is arithmetic on negative values, so every product is kept below 2^63 (see ``_mul32``).
+bits and keeps its top h bits.
+
+The network runs in numpy on the host, whatever the ids' device: unsigned 32-bit arithmetic wraps modulo
+2^32 as the hash needs, and a pass is ~200 operations on a few thousand ids, where each tensor operation's
+dispatch (or, on a GPU, kernel launch) would cost more than its arithmetic. The ids go to the host once
+and the result comes back to their device.
 """
 
 from __future__ import annotations
 
 import operator
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -38,7 +43,6 @@ from exemplar_vae.errors import ConfigError
 __all__ = ["KeyedSubset", "subset_key"]
 
 _MASK32 = (1 << 32) - 1
-_MASK31 = (1 << 31) - 1
 _MASK63 = (1 << 63) - 1
 _MASK64 = (1 << 64) - 1
 _GOLDEN64 = 0x9E3779B97F4A7C15
@@ -69,24 +73,17 @@ def subset_key(seed: int, epoch: int, step: int) -> int:
     return z & _MASK63
 
 
-def _mul32(x: Tensor, c: int) -> Tensor:
-    """(x * c) mod 2^32 for int64 x in [0, 2^32) and a 32-bit constant c, without int64 overflow.
-
-    With c = c_hi 2^31 + c_lo (c_lo < 2^31): x * c_lo < 2^63 - 2^32, and x * c_hi 2^31 = (x & 1) 2^31
-    modulo 2^32, so the sum stays below 2^63."""
-    low = x * (c & _MASK31)
-    if c >> 31:
-        low += (x & 1) << 31
-    return low.bitwise_and_(_MASK32)
+_U32_16, _U32_15 = np.uint32(16), np.uint32(15)
 
 
-def _hash32(x: Tensor) -> Tensor:
-    """A bijective multiply-xorshift hash of 32-bit values ("lowbias32"): [..] int64 in [0, 2^32)."""
-    x = x ^ (x >> 16)
-    x = _mul32(x, _HASH_MUL1)
-    x ^= x >> 15
-    x = _mul32(x, _HASH_MUL2)
-    x ^= x >> 16
+def _hash32(x: np.ndarray) -> np.ndarray:
+    """A bijective multiply-xorshift hash of 32-bit values ("lowbias32"): [n] uint32 -> [n] uint32 (the
+    products wrap modulo 2^32)."""
+    x = x ^ (x >> _U32_16)
+    x *= np.uint32(_HASH_MUL1)
+    x ^= x >> _U32_15
+    x *= np.uint32(_HASH_MUL2)
+    x ^= x >> _U32_16
     return x
 
 
@@ -203,50 +200,58 @@ class KeyedSubset:
     def _state(self) -> tuple[int, int, int, int]:
         return (self._num_total, self._size, self._key, self._rounds)
 
-    # --- the Feistel network on [0, 2^(2h)) ---
+    # --- the Feistel network on [0, 2^(2h)), in numpy on the host ---
 
-    def _round_function(self, right: Tensor, keys: tuple[int, int]) -> Tensor:
-        """F(R, k): [..] h-bit values -> [..] h-bit values."""
-        x = _hash32(right ^ keys[0])
-        x = _hash32(x ^ keys[1])
-        return x >> (32 - self._half_bits)
+    def _round_function(self, right: np.ndarray, keys: tuple[int, int]) -> np.ndarray:
+        """F(R, k): [n] uint32 h-bit values -> [n] uint32 h-bit values."""
+        x = _hash32(right ^ np.uint32(keys[0]))
+        x = _hash32(x ^ np.uint32(keys[1]))
+        return x >> np.uint32(32 - self._half_bits)
 
-    def _encrypt(self, v: Tensor) -> Tensor:
-        """One pass of the network forward: [n] int64 in [0, 2^(2h)) -> [n]."""
-        h = self._half_bits
-        left, right = v >> h, v & ((1 << h) - 1)
+    def _halves(self, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """[n] uint64 2h-bit values -> their high and low h bits, [n] uint32 each."""
+        h = np.uint64(self._half_bits)
+        return (v >> h).astype(np.uint32), (v & np.uint64((1 << self._half_bits) - 1)).astype(np.uint32)
+
+    def _joined(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+        return (left.astype(np.uint64) << np.uint64(self._half_bits)) | right.astype(np.uint64)
+
+    def _encrypt(self, v: np.ndarray) -> np.ndarray:
+        """One pass of the network forward: [n] uint64 in [0, 2^(2h)) -> [n]."""
+        left, right = self._halves(v)
         for keys in self._round_keys:
             left, right = right, left ^ self._round_function(right, keys)
-        return (left << h) | right
+        return self._joined(left, right)
 
-    def _decrypt(self, v: Tensor) -> Tensor:
+    def _decrypt(self, v: np.ndarray) -> np.ndarray:
         """One pass of the network backward (the inverse of ``_encrypt``): [n] -> [n]."""
-        h = self._half_bits
-        left, right = v >> h, v & ((1 << h) - 1)
+        left, right = self._halves(v)
         for keys in reversed(self._round_keys):
             left, right = right ^ self._round_function(left, keys), left
-        return (left << h) | right
+        return self._joined(left, right)
+
+    def _walk_host(self, values: np.ndarray, forward: bool) -> np.ndarray:
+        """Cycle-walk [n] int64 ids in [0, N): one pass, then again on the entries still >= N only."""
+        step = self._encrypt if forward else self._decrypt
+        out = step(values.astype(np.uint64))
+        pending = np.flatnonzero(out >= self._num_total)
+        while pending.size > 0:
+            again = step(out[pending])
+            out[pending] = again
+            pending = pending[again >= self._num_total]
+        return out.astype(np.int64)
 
     def _walk(self, ids: Tensor, forward: bool) -> Tensor:
-        """Cycle-walk: apply one pass, then again to the entries still >= N only. [..] -> [..] int64."""
+        """``_walk_host`` of integer ids of any shape and device: [..] -> [..] int64 on ids' device."""
         if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
             raise ConfigError(f"subset ids must be an integer tensor, got dtype {ids.dtype}")
-        flat = ids.reshape(-1).to(torch.int64)
-        if flat.numel() == 0:
-            return flat.reshape(ids.shape)
-        if bool(((flat < 0) | (flat >= self._num_total)).any()):
+        host = ids.detach().reshape(-1).to("cpu", torch.int64).numpy()
+        if host.size and (host.min() < 0 or host.max() >= self._num_total):
             raise ConfigError(
-                f"subset ids must lie in [0, {self._num_total}), got values in "
-                f"[{int(flat.min())}, {int(flat.max())}]"
+                f"subset ids must lie in [0, {self._num_total}), got values in [{host.min()}, {host.max()}]"
             )
-        step = self._encrypt if forward else self._decrypt
-        out = step(flat)
-        pending = torch.nonzero(out >= self._num_total).reshape(-1)
-        while pending.numel() > 0:
-            values = step(out[pending])
-            out[pending] = values
-            pending = pending[values >= self._num_total]
-        return out.reshape(ids.shape)
+        out = self._walk_host(host, forward) if host.size else host
+        return torch.from_numpy(out).to(ids.device).reshape(ids.shape)
 
     # --- the public operations ---
 
@@ -260,7 +265,8 @@ class KeyedSubset:
 
     def members(self, device: torch.device | str | None = None) -> Tensor:
         """The M members pi(0), ..., pi(M - 1): [M] int64, distinct, in [0, N). O(M) time and memory."""
-        return self.permute(torch.arange(self._size, dtype=torch.int64, device=device))
+        members = self._walk_host(np.arange(self._size, dtype=np.int64), forward=True)
+        return torch.from_numpy(members).to(device)
 
     def contains(self, ids: Tensor) -> Tensor:
         """Membership ``pi^{-1}(ids) < M``: [..] integer ids in [0, N) -> [..] bool. O(len(ids)) work."""
