@@ -121,6 +121,8 @@ def step_timer(trainer: Trainer) -> Callable[[int], list[float]]:
     and slows step after step. The cache refresh that starts an epoch is timed apart."""
     state = {"epoch": 1, "step": 0}
     batches = trainer.sampler.batches(1)
+    if not batches:
+        raise SystemExit("the training data gives no batches to time")
 
     def run(n: int) -> list[float]:
         nonlocal batches

@@ -16,8 +16,8 @@ from exemplar_vae import distributed
 
 
 def main(out: str) -> None:
-    torch.set_num_threads(1)
     launch = distributed.start("cpu")
+    torch.set_num_threads(1)  # after start, which shares the machine's cores among the processes
     try:
         encoder, prior, subset, index, z = setup(0.01, log_var=-3.0, seed=3)
         rows = distributed.shard(torch.arange(B))

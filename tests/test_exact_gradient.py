@@ -400,6 +400,18 @@ def test_the_tolerance_can_be_switched_on_and_off_at_resume(
     assert "argument --grad-tolerance: expected a number or off, got 'tiny'" in capsys.readouterr().err
 
 
+def test_off_switches_only_the_tolerance_off() -> None:
+    """``--grad-tolerance off`` is None in the config; "off" stays the plain value of --compile and --amp."""
+    from exemplar_vae.cli.main import build_parser, config_from_args
+
+    args = ["train", "--out", "x", "--knn", "0", "--compile", "off", "--amp", "off", "--grad-tolerance"]
+    config = config_from_args(build_parser().parse_args([*args, "off"]))
+    assert config.prior.grad_tolerance is None
+    assert config.train.compile == "off" and config.train.amp == "off"
+    validate(config)
+    assert config_from_args(build_parser().parse_args([*args, "0.01"])).prior.grad_tolerance == 0.01
+
+
 # -- two processes ---------------------------------------------------------------------------------------
 WORKER = Path(__file__).with_name("exact_gradient_worker.py")
 

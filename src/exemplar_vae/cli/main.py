@@ -42,12 +42,21 @@ from exemplar_vae.training.loop import (
 
 logger = logging.getLogger("exemplar_vae")
 
-OFF = "off"  # a flag value that switches an optional setting off (its config value None)
+
+class _Off:
+    """What ``--grad-tolerance off`` parses to: the setting switched off (its config value None). A class
+    of its own, so that "off" as the plain value of other flags (--compile, --amp) is left alone."""
+
+    def __repr__(self) -> str:
+        return "off"
 
 
-def _tolerance(text: str) -> float | str:
+OFF = _Off()
+
+
+def _tolerance(text: str) -> float | _Off:
     """--grad-tolerance: a number, or "off" (at --resume, back to all M exemplars with gradient)."""
-    if text == OFF:
+    if text == "off":
         return OFF
     try:
         return float(text)
@@ -379,7 +388,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     for flag, (section, name, _, _) in TRAIN_FLAGS.items():
         value = getattr(args, _dest(flag))
         if value is not None:
-            given[section][name] = None if value == OFF else value
+            given[section][name] = None if value is OFF else value
     if args.no_leave_one_out:
         given["prior"]["leave_one_out"] = False
     if args.binarize is not None:

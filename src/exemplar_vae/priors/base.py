@@ -58,8 +58,9 @@ class Prior(nn.Module):
     @property
     def plan_reads_codes(self) -> bool:
         """Whether ``plan`` looks at the codes z (retrieval, the mass-carrying exemplars); when it does not,
-        the compiled step skips encoding the batch for it and passes None. Default: False."""
-        return False
+        the compiled step skips encoding the batch for it and passes None. Default: True (the safe answer
+        for a prior that overrides ``plan``); priors whose choices never depend on z return False."""
+        return True
 
     def plan(
         self, z: Tensor | None, encoder: Encoder, index: Tensor | None, generator: torch.Generator | None

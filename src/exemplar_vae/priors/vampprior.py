@@ -75,6 +75,11 @@ class VampPrior(Prior):
         g = generator if generator is not None else torch.default_generator
         return KeyedSubset.draw(self.components, self.subsample, g)
 
+    @property
+    def plan_reads_codes(self) -> bool:
+        """Its training-time choices do not depend on the codes (``Prior.plan_reads_codes``)."""
+        return False
+
     def log_prob(
         self,
         z: Tensor,
