@@ -260,3 +260,14 @@ def test_the_planned_step_encodes_the_batch_again_only_when_the_plan_reads_codes
     if reads:
         with pytest.raises(ValueError, match="pass them to plan"):
             model.prior.plan(None, model.encoder, index, None)
+
+
+def test_a_prior_with_a_plan_of_its_own_is_taken_to_read_the_codes() -> None:
+    """The safe default for a prior the package does not know: encode the batch for its plan."""
+    from exemplar_vae.priors.gaussian import GaussianPrior
+
+    class Planning(GaussianPrior):
+        def plan(self, z, encoder, index, generator):  # type: ignore[no-untyped-def]  # noqa: ANN001, ANN201
+            return None if z is None else z.mean()
+
+    assert GaussianPrior(4).plan_reads_codes is False and Planning(4).plan_reads_codes is True

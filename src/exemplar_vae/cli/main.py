@@ -64,7 +64,8 @@ def _tolerance(text: str) -> float | _Off:
         raise argparse.ArgumentTypeError(f"expected a number or off, got {text!r}") from None
 
 
-# CLI flag -> (config section, field, parser, help); None defaults mean "not given: keep the config's value".
+# CLI flag -> (config section, field, parser, help); None defaults mean "not given: keep the config's
+# value".
 TRAIN_FLAGS: dict[str, tuple[str, str, Callable[[str], Any], str]] = {
     "--dataset": (
         "data",

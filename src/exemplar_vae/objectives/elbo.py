@@ -102,7 +102,8 @@ class CompiledElbo:
     ``planned_elbo_terms`` compiled, with dynamic shapes (the retrieved union changes size every step).
     Where the choices depend on the codes (``Prior.plan_reads_codes``: retrieval, the mass-carrying
     exemplars) the batch is first encoded without gradient: B extra encoder rows, small beside the union's
-    re-encoding it lets the compiler fuse; other priors skip that pass. Without a compiler, or if compiling fails, the same functions run eagerly.
+    re-encoding it lets the compiler fuse; other priors skip that pass. Without a compiler, or if compiling
+    fails, the same functions run eagerly.
 
     Args:
         model: the VAE it is built for (the compiled graph is specialised to it).

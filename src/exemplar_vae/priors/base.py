@@ -58,9 +58,10 @@ class Prior(nn.Module):
     @property
     def plan_reads_codes(self) -> bool:
         """Whether ``plan`` looks at the codes z (retrieval, the mass-carrying exemplars); when it does not,
-        the compiled step skips encoding the batch for it and passes None. Default: True (the safe answer
-        for a prior that overrides ``plan``); priors whose choices never depend on z return False."""
-        return True
+        the compiled step skips encoding the batch for it and passes None. Default: whether the prior
+        overrides ``plan`` (the default plan reads nothing; for one of its own, True is the safe answer);
+        a prior whose own plan never looks at z says False."""
+        return type(self).plan is not Prior.plan
 
     def plan(
         self, z: Tensor | None, encoder: Encoder, index: Tensor | None, generator: torch.Generator | None

@@ -19,8 +19,9 @@ Training forms (Norouzi et al. 2020, Sec. 3):
 * retrieval augmented training (k > 0): the k codes nearest to each z among the M-subset are found in a
   cache of all exemplar codes (refreshed by the training loop, stale within an epoch); the union of the
   retrieved exemplars is re-encoded with gradient, and log p(z) is the mixture over that union with the
-  exact mixture's weight 1/(M - #left out) (``ExemplarPrior.knn_log_prob``). All terms are positive, so this is a
-  lower bound on the exact subsampled leave-one-out log p(z); it is equal when the union covers the subset.
+  exact mixture's weight 1/(M - #left out) (``ExemplarPrior.knn_log_prob``). All terms are positive, so
+  this is a lower bound on the exact subsampled leave-one-out log p(z); it is equal when the union covers
+  the subset.
 
 At evaluation (``prior.eval()``) the prior is the whole exemplar set, without leave-one-out, computed
 from the cache in blocks (memory stays bounded for 50k exemplars and thousands of codes). Evaluation may
@@ -306,8 +307,8 @@ class ExemplarPrior(Prior):
     @torch.no_grad()
     def encode_without_grad(self, encoder: Encoder, ids: Tensor, chunk: int = 8192) -> Tensor:
         """mu_phi of the exemplars ``ids`` [J] without gradient, ``chunk`` rows at a time: [J, d]. The
-        encoder keeps its mode (the function ``planned_log_prob`` applies with gradient); in a distributed run every rank
-        passes the same ids, encodes its shard and the codes are gathered."""
+        encoder keeps its mode (the function ``planned_log_prob`` applies with gradient); in a distributed
+        run every rank passes the same ids, encodes its shard and the codes are gathered."""
         mine = distributed.shard(ids)  # [J / W] this rank's part
         codes = [encoder.mean(self.gather(part)) for part in mine.split(chunk)] if mine.numel() else []
         if not codes:  # no share for this rank (J < W): it still joins the gather

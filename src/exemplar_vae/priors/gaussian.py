@@ -19,11 +19,6 @@ class GaussianPrior(Prior):
         super().__init__(latent_dim)
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)  # carries dtype and device
 
-    @property
-    def plan_reads_codes(self) -> bool:
-        """Its training-time choices do not depend on the codes (``Prior.plan_reads_codes``)."""
-        return False
-
     def log_prob(
         self,
         z: Tensor,

@@ -23,11 +23,6 @@ class MoGPrior(Prior):
         self.means = nn.Parameter(torch.randn(components, latent_dim))
         self.log_vars = nn.Parameter(torch.zeros(components, latent_dim))
 
-    @property
-    def plan_reads_codes(self) -> bool:
-        """Its training-time choices do not depend on the codes (``Prior.plan_reads_codes``)."""
-        return False
-
     def log_prob(
         self,
         z: Tensor,

@@ -77,7 +77,7 @@ class VampPrior(Prior):
 
     @property
     def plan_reads_codes(self) -> bool:
-        """Its training-time choices do not depend on the codes (``Prior.plan_reads_codes``)."""
+        """Its plan draws pseudo-inputs and never looks at the codes (``Prior.plan_reads_codes``)."""
         return False
 
     def log_prob(
