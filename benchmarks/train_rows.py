@@ -8,11 +8,12 @@ steps in ``bench_training``'s interleaved rounds, so that all rows see the machi
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -119,24 +120,24 @@ def step_timer(trainer: Trainer) -> Callable[[int], list[float]]:
     run does and as the official-code-style rows draw fresh batches: repeating the same few batches trains
     the model on them, and on trained weights the exact prior's backward then fills with subnormal floats
     and slows step after step. The cache refresh that starts an epoch is timed apart."""
-    state = {"epoch": 1, "step": 0}
-    batches = trainer.sampler.batches(1)
-    if not batches:
+    if not trainer.sampler.batches(1):
         raise SystemExit("the training data gives no batches to time")
 
+    def batches() -> Iterator[tuple[int, int, Tensor]]:
+        """(epoch, step, batch indices) of epoch 1, then of the epochs after it."""
+        for epoch in itertools.count(1):
+            for i, idx in enumerate(trainer.sampler.batches(epoch)):
+                yield epoch, i, idx
+
+    stream = batches()
+
     def run(n: int) -> list[float]:
-        nonlocal batches
         trainer.model.train()
         stamps: list[float] = []
-        for _ in range(n + 1):
-            if state["step"] == len(batches):
-                state["epoch"], state["step"] = state["epoch"] + 1, 0
-                batches = trainer.sampler.batches(state["epoch"])
-            i = state["step"]
-            sums = trainer.step(batches[i], beta=1.0, epoch=state["epoch"], step=i)  # [4] loss sums
+        for epoch, i, idx in itertools.islice(stream, n + 1):
+            sums = trainer.step(idx, beta=1.0, epoch=epoch, step=i)  # [4] the batch's loss sums
             sums.tolist()  # read on the host, as train_epoch reads each step's loss
             stamps.append(time.perf_counter())
-            state["step"] += 1
         return [b - a for a, b in zip(stamps[:-1], stamps[1:], strict=True)]  # [n]
 
     return run
