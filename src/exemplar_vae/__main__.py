@@ -1,7 +1,5 @@
 """``python -m exemplar_vae``: the command line (also ``torchrun --nproc_per_node=W -m exemplar_vae ...``)."""
 
-import sys
+from exemplar_vae.cli.main import entry
 
-from exemplar_vae.cli.main import main
-
-sys.exit(main())
+entry()

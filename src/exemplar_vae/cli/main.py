@@ -19,6 +19,7 @@ import argparse
 import errno
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import replace
@@ -551,5 +552,21 @@ def main(argv: list[str] | None = None) -> int:
         distributed.stop()
 
 
+def entry() -> None:
+    """The ``exemplar-vae`` command (and ``python -m exemplar_vae``): ``main()``'s status as the exit status.
+
+    A process of a torchrun launch leaves with ``os._exit`` once its logs and streams are flushed: in the
+    interpreter's teardown torch's gloo threads sometimes abort the process (SIGABRT, "terminate called
+    without an active exception", after the run is complete and the process group destroyed), which
+    torchrun would report as a failed launch."""
+    status = main()
+    if distributed.Launch.from_env().distributed:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
